@@ -1,0 +1,3 @@
+//! One module per subcommand: its clap `Args` and a `run` returning `anyhow::Result`.
+
+pub mod inspect;

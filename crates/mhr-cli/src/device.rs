@@ -1,0 +1,178 @@
+//! `--device cpu|wgpu[:N]|cuda[:N]`: which Burn backend runs a command, among those compiled in.
+//!
+//! Library code is generic over `B: AutodiffBackend`; this module is the one place that names concrete
+//! backends, behind the cargo features `ndarray` (default), `wgpu` and `cuda`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+
+/// A device as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// The default WGPU adapter, or the N-th discrete GPU.
+    Wgpu(Option<usize>),
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, index) = match s.split_once(':') {
+            Some((n, i)) => {
+                let i = i
+                    .parse::<usize>()
+                    .map_err(|_| format!("invalid device index in `{s}`"))?;
+                (n, Some(i))
+            }
+            None => (s, None),
+        };
+        match (name, index) {
+            ("cpu", None) => Ok(DeviceSpec::Cpu),
+            ("wgpu", i) => Ok(DeviceSpec::Wgpu(i)),
+            ("cuda", i) => Ok(DeviceSpec::Cuda(i.unwrap_or(0))),
+            _ => Err(format!(
+                "unknown device `{s}` (expected cpu, wgpu[:N] or cuda[:N])"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Wgpu(None) => f.write_str("wgpu"),
+            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// The backends this binary was built with.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "ndarray") {
+        v.push("cpu");
+    }
+    if cfg!(feature = "wgpu") {
+        v.push("wgpu");
+    }
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
+    }
+    v
+}
+
+/// Work that runs on whichever backend the user picked.
+pub trait BackendTask {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<Self::Output>;
+}
+
+fn not_compiled(spec: DeviceSpec, feature: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "device `{spec}` is not available: this binary was built without the `{feature}` feature \
+         (compiled in: {}); rebuild with `--features {feature}`",
+        compiled_backends().join(", ")
+    )
+}
+
+/// Runs `task` on the backend of `spec`.
+pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
+    match spec {
+        DeviceSpec::Cpu => {
+            #[cfg(feature = "ndarray")]
+            {
+                use burn::backend::{Autodiff, NdArray, ndarray::NdArrayDevice};
+                task.run::<Autodiff<NdArray>>(NdArrayDevice::Cpu, spec)
+            }
+            #[cfg(not(feature = "ndarray"))]
+            {
+                let _ = task;
+                Err(not_compiled(spec, "ndarray"))
+            }
+        }
+        DeviceSpec::Wgpu(index) => {
+            #[cfg(feature = "wgpu")]
+            {
+                use burn::backend::{Autodiff, Wgpu, wgpu::WgpuDevice};
+                let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+                task.run::<Autodiff<Wgpu>>(device, spec)
+            }
+            #[cfg(not(feature = "wgpu"))]
+            {
+                let _ = (task, index);
+                Err(not_compiled(spec, "wgpu"))
+            }
+        }
+        DeviceSpec::Cuda(index) => {
+            #[cfg(feature = "cuda")]
+            {
+                use burn::backend::{Autodiff, Cuda, cuda::CudaDevice};
+                task.run::<Autodiff<Cuda>>(CudaDevice::new(index), spec)
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                let _ = (task, index);
+                Err(not_compiled(spec, "cuda"))
+            }
+        }
+    }
+}
+
+/// Checks that `spec` names a compiled-in backend, before any work starts.
+pub fn ensure_compiled(spec: DeviceSpec) -> Result<()> {
+    let (name, feature) = match spec {
+        DeviceSpec::Cpu => ("cpu", "ndarray"),
+        DeviceSpec::Wgpu(_) => ("wgpu", "wgpu"),
+        DeviceSpec::Cuda(_) => ("cuda", "cuda"),
+    };
+    if compiled_backends().contains(&name) {
+        Ok(())
+    } else {
+        bail!(not_compiled(spec, feature))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+        assert_eq!("wgpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(None)));
+        assert_eq!("wgpu:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(Some(1))));
+        assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
+        assert!(
+            "tpu"
+                .parse::<DeviceSpec>()
+                .unwrap_err()
+                .contains("unknown device `tpu`")
+        );
+        assert!(
+            "cuda:x"
+                .parse::<DeviceSpec>()
+                .unwrap_err()
+                .contains("invalid device index")
+        );
+    }
+
+    #[test]
+    fn cpu_is_the_default_backend() {
+        assert!(ensure_compiled(DeviceSpec::Cpu).is_ok());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn missing_backend_is_a_clear_error() {
+        let err = ensure_compiled(DeviceSpec::Cuda(0)).unwrap_err().to_string();
+        assert!(err.contains("built without the `cuda` feature"), "{err}");
+    }
+}
