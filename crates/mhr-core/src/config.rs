@@ -182,7 +182,7 @@ impl AdapterConfig {
     /// Checks the shapes this adapter needs against a layer's widths; peft only fails at forward time.
     pub fn validate(&self, d_in: usize, d_out: usize) -> Result<(), CoreError> {
         let heads_divide = |heads: usize, width: usize, what: &str| {
-            if heads == 0 || width % heads != 0 {
+            if heads == 0 || !width.is_multiple_of(heads) {
                 Err(CoreError::Config(format!(
                     "{what} = {width} is not divisible by n_heads = {heads}"
                 )))

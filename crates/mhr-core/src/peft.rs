@@ -481,7 +481,7 @@ impl PeftAdapter {
                 },
             ) => {
                 let (h, s, r) = (*n_splits, *n_skills, *r);
-                if d_in % h != 0 || d_out % h != 0 {
+                if !d_in.is_multiple_of(h) || !d_out.is_multiple_of(h) {
                     return Err(CoreError::Config(format!(
                         "{path}: n_splits = {h} does not divide d_in = {d_in} and d_out = {d_out}"
                     )));

@@ -79,7 +79,7 @@ impl<B: Backend> RoutingContext<B> {
             .expect("a routed adapter needs task ids in the RoutingContext");
         let n = ids.dims()[0];
         assert!(
-            n > 0 && batch % n == 0,
+            n > 0 && batch.is_multiple_of(n),
             "batch of {batch} rows cannot be routed with {n} task ids (need a multiple)"
         );
         if batch == n {

@@ -1,1 +1,13 @@
-//! mhr-train
+//! Multi-task pre-training, few-shot adaptation and evaluation of Poly / MHR adapters (and their baselines).
+
+pub mod batch;
+pub mod checkpoint;
+pub mod data;
+mod error;
+pub mod losses;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use error::TrainError;
