@@ -12,7 +12,12 @@ use burn::tensor::backend::AutodiffBackend;
 /// A device as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
+    /// The default CPU backend (see [`DeviceSpec::resolve`]).
     Cpu,
+    /// Burn's `ndarray` CPU backend.
+    Ndarray,
+    /// Burn's `flex` CPU backend (gemm, SIMD, rayon).
+    Flex,
     /// The default WGPU adapter, or the N-th discrete GPU.
     Wgpu(Option<usize>),
     Cuda(usize),
@@ -33,6 +38,8 @@ impl FromStr for DeviceSpec {
         };
         match (name, index) {
             ("cpu", None) => Ok(DeviceSpec::Cpu),
+            ("ndarray", None) => Ok(DeviceSpec::Ndarray),
+            ("flex", None) => Ok(DeviceSpec::Flex),
             ("wgpu", i) => Ok(DeviceSpec::Wgpu(i)),
             ("cuda", i) => Ok(DeviceSpec::Cuda(i.unwrap_or(0))),
             _ => Err(format!(
@@ -46,9 +53,22 @@ impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Ndarray => f.write_str("ndarray"),
+            DeviceSpec::Flex => f.write_str("flex"),
             DeviceSpec::Wgpu(None) => f.write_str("wgpu"),
             DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
             DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// `cpu` is the faster CPU backend compiled in: `ndarray` when built, else `flex` (docs/performance.md).
+    pub fn resolve(self) -> Self {
+        match self {
+            DeviceSpec::Cpu if !cfg!(feature = "ndarray") && cfg!(feature = "flex") => DeviceSpec::Flex,
+            DeviceSpec::Cpu => DeviceSpec::Ndarray,
+            other => other,
         }
     }
 }
@@ -57,7 +77,10 @@ impl fmt::Display for DeviceSpec {
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut v = Vec::new();
     if cfg!(feature = "ndarray") {
-        v.push("cpu");
+        v.push("ndarray");
+    }
+    if cfg!(feature = "flex") {
+        v.push("flex");
     }
     if cfg!(feature = "wgpu") {
         v.push("wgpu");
@@ -84,8 +107,8 @@ fn not_compiled(spec: DeviceSpec, feature: &str) -> anyhow::Error {
 
 /// Runs `task` on the backend of `spec`.
 pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
-    match spec {
-        DeviceSpec::Cpu => {
+    match spec.resolve() {
+        DeviceSpec::Cpu | DeviceSpec::Ndarray => {
             #[cfg(feature = "ndarray")]
             {
                 use burn::backend::{Autodiff, NdArray, ndarray::NdArrayDevice};
@@ -95,6 +118,18 @@ pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Outp
             {
                 let _ = task;
                 Err(not_compiled(spec, "ndarray"))
+            }
+        }
+        DeviceSpec::Flex => {
+            #[cfg(feature = "flex")]
+            {
+                use burn::backend::{Autodiff, Flex};
+                task.run::<Autodiff<Flex>>(Default::default(), spec)
+            }
+            #[cfg(not(feature = "flex"))]
+            {
+                let _ = task;
+                Err(not_compiled(spec, "flex"))
             }
         }
         DeviceSpec::Wgpu(index) => {
@@ -127,8 +162,9 @@ pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Outp
 
 /// Checks that `spec` names a compiled-in backend, before any work starts.
 pub fn ensure_compiled(spec: DeviceSpec) -> Result<()> {
-    let (name, feature) = match spec {
-        DeviceSpec::Cpu => ("cpu", "ndarray"),
+    let (name, feature) = match spec.resolve() {
+        DeviceSpec::Cpu | DeviceSpec::Ndarray => ("ndarray", "ndarray"),
+        DeviceSpec::Flex => ("flex", "flex"),
         DeviceSpec::Wgpu(_) => ("wgpu", "wgpu"),
         DeviceSpec::Cuda(_) => ("cuda", "cuda"),
     };

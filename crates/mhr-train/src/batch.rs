@@ -23,7 +23,7 @@ pub struct TrainBatch<B: Backend> {
 }
 
 impl<B: Backend> TrainBatch<B> {
-    pub fn from_examples(examples: &[&TokenizedExample], pad: i64, device: &B::Device) -> Self {
+    pub fn from_examples(examples: &[TokenizedExample], pad: i64, device: &B::Device) -> Self {
         let b = examples.len();
         let s = examples
             .iter()
@@ -70,7 +70,7 @@ mod tests {
             labels: vec![8, 9, 1],
             task_id: 0,
         };
-        let batch = TrainBatch::<NdArray>::from_examples(&[&a, &b], 0, &Default::default());
+        let batch = TrainBatch::<NdArray>::from_examples(&[a, b], 0, &Default::default());
         let ints = |t: Tensor<NdArray, 2, Int>| t.into_data().to_vec::<i64>().unwrap();
         assert_eq!(ints(batch.input_ids), vec![5, 6, 1, 9, 1, 0]);
         assert_eq!(ints(batch.attention_mask), vec![1, 1, 1, 1, 1, 0]);

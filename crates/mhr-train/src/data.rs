@@ -7,7 +7,21 @@ use crate::batch::TokenizedExample;
 /// Which examples each training step sees. Deterministic in `(step, micro-batch)`, so a resumed run
 /// sees exactly the batches an uninterrupted one would.
 pub trait StepData {
-    fn examples(&self, step: usize, micro: usize) -> Vec<&TokenizedExample>;
+    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample>;
+}
+
+/// Examples generated afresh for every step from a seeded generator (an unbounded data stream).
+pub struct Generated<F: Fn(&mut StdRng) -> TokenizedExample> {
+    pub batch_size: usize,
+    pub seed: u64,
+    pub generate: F,
+}
+
+impl<F: Fn(&mut StdRng) -> TokenizedExample> StepData for Generated<F> {
+    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample> {
+        let mut rng = StdRng::seed_from_u64(mix(mix(self.seed, step as u64), micro as u64));
+        (0..self.batch_size).map(|_| (self.generate)(&mut rng)).collect()
+    }
 }
 
 /// Epochs over a fixed example list, each in a seeded random order (drawn from the example pool without
@@ -37,7 +51,7 @@ impl<'a> ShuffledEpochs<'a> {
 }
 
 impl StepData for ShuffledEpochs<'_> {
-    fn examples(&self, step: usize, micro: usize) -> Vec<&TokenizedExample> {
+    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample> {
         let n = self.examples.len();
         if n == 0 {
             return Vec::new();
@@ -50,8 +64,8 @@ impl StepData for ShuffledEpochs<'_> {
                 if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
                     cached = Some((epoch, self.order(epoch)));
                 }
-                let order = &cached.as_ref().map(|(_, o)| o).expect("set above");
-                &self.examples[order[i % n]]
+                let order = cached.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
+                self.examples[order[i % n]].clone()
             })
             .collect()
     }

@@ -4,9 +4,12 @@ pub mod batch;
 pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod eval;
 pub mod losses;
+pub mod methods;
 pub mod metrics;
 pub mod optim;
+pub mod reproduce;
 pub mod schedule;
 pub mod trainer;
 

@@ -25,7 +25,7 @@ use crate::data::{StepData, mix};
 use crate::error::TrainError;
 use crate::losses::label_smoothed_nll;
 use crate::optim::{OptimConfig, TwoSpeedAdamW, TwoSpeedRecord};
-use crate::schedule::LinearSchedule;
+use crate::schedule::Schedule;
 
 /// One stage's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,8 +38,7 @@ pub struct TrainConfig {
     #[serde(default = "one")]
     pub grad_accumulation: usize,
     pub optim: OptimConfig,
-    /// Linear warm-up over this fraction of the steps, then linear decay to 0.
-    pub warmup_fraction: f64,
+    pub schedule: Schedule,
     pub seed: u64,
     /// 0: the model's mean token cross entropy; ε > 0: fairseq's label-smoothed NLL (SNI runs, ε = 0.1).
     #[serde(default)]
@@ -214,7 +213,6 @@ where
     if let Some(run) = run {
         run.truncate_metrics(start)?;
     }
-    let schedule = LinearSchedule::with_warmup_fraction(config.steps, config.warmup_fraction);
     let mode = if config.sampled_routing {
         RoutingMode::Sampled
     } else {
@@ -247,7 +245,11 @@ where
             step_loss += value;
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
-        let (updated, grad_norm) = optim.step(schedule.factor(step), model, accumulator.grads());
+        let (updated, grad_norm) = optim.step(
+            config.schedule.factor(step, config.steps),
+            model,
+            accumulator.grads(),
+        );
         model = updated;
         let done = step + 1;
         progress.update(
@@ -260,7 +262,7 @@ where
             if let Some(run) = run {
                 run.log(&serde_json::json!({
                     "stage": label, "step": done, "loss": step_loss, "grad_norm": grad_norm,
-                    "lr_factor": schedule.factor(step),
+                    "lr_factor": config.schedule.factor(step, config.steps),
                 }))?;
             }
         }

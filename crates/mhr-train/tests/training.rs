@@ -64,7 +64,10 @@ fn config(steps: usize) -> TrainConfig {
             max_grad_norm: 1.0,
             ..OptimConfig::default()
         },
-        warmup_fraction: 0.1,
+        schedule: mhr_train::schedule::Schedule::Linear {
+            warmup_fraction: 0.1,
+            floor: 0.0,
+        },
         seed: 5,
         label_smoothing: 0.0,
         sampled_routing: true,

@@ -1,0 +1,28 @@
+//! T5 in Burn that loads HuggingFace checkpoints and reproduces transformers' numbers, with an adapter site
+//! on every linear layer of its blocks for `mhr-core`'s LoRA, (IA)^3 and routed (Poly / MHR) adapters.
+//!
+//! - [`T5ForConditionalGeneration::load`] reads `config.json` + `model.safetensors` (or sharded safetensors)
+//!   with HF's parameter names; T5 v1.0 (relu, tied head scaled by `d_model^-0.5`) and v1.1 / LM-adapt / T0
+//!   (gated-gelu, untied head) are told apart by the config as transformers does.
+//! - [`T5ForConditionalGeneration::forward`] gives logits, the loss and the per-example label log-likelihood
+//!   (rank classification); [`T5ForConditionalGeneration::generate`] does greedy or beam search with a
+//!   key/value cache.
+//! - Adapter sites keep their HF module paths (`decoder.block.1.layer.1.EncDecAttention.k`), so peft adapter
+//!   folders load by name ([`T5ForConditionalGeneration::load_peft_adapter`]); task ids reach every site
+//!   through the `RoutingContext` of each call.
+//!
+//! Generic over the Burn backend; every failure is a [`ModelError`] naming the file, key or input at fault.
+
+mod config;
+mod error;
+mod generation;
+mod loader;
+pub mod t5;
+
+pub use config::{Activation, FeedForwardKind, T5Config};
+pub use error::ModelError;
+pub use generation::GenerationConfig;
+pub use loader::{CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+pub use t5::{
+    EncoderOutput, IGNORE_INDEX, Seq2SeqLmOutput, T5ForConditionalGeneration, relative_position_bucket,
+};

@@ -1,0 +1,266 @@
+//! Where a model's parameters come from: a HuggingFace checkpoint (single or sharded safetensors,
+//! memory-mapped and read one tensor at a time) or HF's random initialisation.
+//!
+//! The model is built by one code path that asks a [`WeightSource`] for each tensor under its HF name,
+//! so loading and initialising cannot disagree on names or shapes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use mhr_core::io::SafetensorsFile;
+use serde::Deserialize;
+
+use crate::error::ModelError;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// How a tensor is drawn when it is not read from a checkpoint (transformers' `T5PreTrainedModel._init_weights`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Init {
+    Normal { std: f64 },
+    Ones,
+}
+
+pub(crate) trait WeightSource<B: Backend> {
+    /// A tensor under its HF name, in HF's layout.
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>, ModelError>;
+
+    /// A linear layer's weight in Burn's `[d_in, d_out]` layout (HF stores `[d_out, d_in]` under `key`).
+    fn linear(&mut self, key: &str, d_in: usize, d_out: usize, std: f64) -> Result<Tensor<B, 2>, ModelError>;
+
+    /// The first of `keys` that exists (a tensor saved under one of several tied names).
+    fn tensor_any<const D: usize>(
+        &mut self,
+        keys: &[&str],
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>, ModelError>;
+}
+
+/// Random initialisation with transformers' standard deviations.
+pub(crate) struct RandomInit<'a, B: Backend> {
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> WeightSource<B> for RandomInit<'_, B> {
+    fn tensor<const D: usize>(
+        &mut self,
+        _key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>, ModelError> {
+        Ok(match init {
+            Init::Normal { std } => Tensor::random(shape, Distribution::Normal(0.0, std), self.device),
+            Init::Ones => Tensor::ones(shape, self.device),
+        })
+    }
+
+    fn linear(&mut self, key: &str, d_in: usize, d_out: usize, std: f64) -> Result<Tensor<B, 2>, ModelError> {
+        self.tensor(key, [d_in, d_out], Init::Normal { std })
+    }
+
+    fn tensor_any<const D: usize>(
+        &mut self,
+        keys: &[&str],
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>, ModelError> {
+        self.tensor(keys.first().copied().unwrap_or_default(), shape, init)
+    }
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The safetensors files of a checkpoint folder, with the keys read so far.
+pub(crate) struct Checkpoint<'a, B: Backend> {
+    files: Vec<SafetensorsFile>,
+    /// Key → index in `files`.
+    keys: BTreeMap<String, usize>,
+    taken: BTreeSet<String>,
+    /// Named in errors about missing keys: the single file, or the shard index.
+    listing: PathBuf,
+    device: &'a B::Device,
+}
+
+impl<'a, B: Backend> Checkpoint<'a, B> {
+    /// Opens `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+    pub fn open(dir: &Path, device: &'a B::Device) -> Result<Self, ModelError> {
+        let single = dir.join(WEIGHTS_FILE);
+        let index_path = dir.join(WEIGHTS_INDEX_FILE);
+        let mut files = Vec::new();
+        let mut keys = BTreeMap::new();
+        let listing = if single.is_file() {
+            let file = SafetensorsFile::open(&single)?;
+            keys.extend(file.names().into_iter().map(|k| (k, 0)));
+            files.push(file);
+            single
+        } else if index_path.is_file() {
+            let index: ShardIndex = mhr_core::io::read_json(&index_path)?;
+            let mut shard_of: BTreeMap<&str, usize> = BTreeMap::new();
+            for (key, shard) in &index.weight_map {
+                if Path::new(shard).file_name().and_then(|n| n.to_str()) != Some(shard.as_str()) {
+                    return Err(ModelError::Config {
+                        path: index_path.clone(),
+                        reason: format!(
+                            "shard `{shard}` of `{key}` is not a file name in the checkpoint folder"
+                        ),
+                    });
+                }
+                let i = match shard_of.get(shard.as_str()) {
+                    Some(&i) => i,
+                    None => {
+                        files.push(SafetensorsFile::open(dir.join(shard))?);
+                        shard_of.insert(shard, files.len() - 1);
+                        files.len() - 1
+                    }
+                };
+                if !files[i].contains(key) {
+                    return Err(ModelError::Config {
+                        path: index_path.clone(),
+                        reason: format!("`{key}` is not in its shard `{shard}`"),
+                    });
+                }
+                keys.insert(key.clone(), i);
+            }
+            index_path
+        } else {
+            return Err(ModelError::NoWeights {
+                dir: dir.to_path_buf(),
+            });
+        };
+        Ok(Self {
+            files,
+            keys,
+            taken: BTreeSet::new(),
+            listing,
+            device,
+        })
+    }
+
+    /// Reads `key` as f32 after checking its shape, and marks it used.
+    fn read(&mut self, key: &str, shape: &[usize]) -> Result<TensorData, ModelError> {
+        let Some(&i) = self.keys.get(key) else {
+            return Err(ModelError::MissingTensor {
+                path: self.listing.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+            });
+        };
+        let file = &self.files[i];
+        let found = file.shape(key).unwrap_or_default();
+        if found != shape {
+            return Err(ModelError::ShapeMismatch {
+                path: file.path().to_path_buf(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        let data = file.f32(key)?;
+        self.taken.insert(key.to_string());
+        Ok(data)
+    }
+
+    /// Fails on the first key that no parameter used, unless `optional` lists it with its shape (tied copies).
+    pub fn finish(self, optional: &[(&str, Vec<usize>)]) -> Result<(), ModelError> {
+        for (key, &i) in &self.keys {
+            if self.taken.contains(key) {
+                continue;
+            }
+            let file = &self.files[i];
+            let found = file.shape(key).unwrap_or_default();
+            match optional.iter().find(|(k, _)| k == key) {
+                Some((_, expected)) if *expected == found => {}
+                Some((_, expected)) => {
+                    return Err(ModelError::ShapeMismatch {
+                        path: file.path().to_path_buf(),
+                        key: key.clone(),
+                        expected: expected.clone(),
+                        found,
+                    });
+                }
+                None => {
+                    return Err(ModelError::UnexpectedTensor {
+                        path: file.path().to_path_buf(),
+                        key: key.clone(),
+                        shape: found,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> WeightSource<B> for Checkpoint<'_, B> {
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        _init: Init,
+    ) -> Result<Tensor<B, D>, ModelError> {
+        Ok(Tensor::from_data(self.read(key, &shape)?, self.device))
+    }
+
+    fn linear(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        d_out: usize,
+        _std: f64,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let data = transpose(self.read(key, &[d_out, d_in])?, d_out, d_in);
+        Ok(Tensor::from_data(data, self.device))
+    }
+
+    fn tensor_any<const D: usize>(
+        &mut self,
+        keys: &[&str],
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>, ModelError> {
+        let key = keys
+            .iter()
+            .find(|k| self.keys.contains_key(**k))
+            .or(keys.first())
+            .copied()
+            .unwrap_or_default();
+        self.tensor(key, shape, init)
+    }
+}
+
+/// `[rows, cols]` → `[cols, rows]` on the host, so parameters are contiguous in Burn's layout.
+fn transpose(data: TensorData, rows: usize, cols: usize) -> TensorData {
+    let v: Vec<f32> = data.iter::<f32>().collect();
+    let mut out = vec![0f32; v.len()];
+    for (i, row) in v.chunks_exact(cols).enumerate() {
+        for (j, x) in row.iter().enumerate() {
+            out[j * rows + i] = *x;
+        }
+    }
+    TensorData::new(out, [cols, rows])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        let t = transpose(TensorData::new(vec![1f32, 2., 3., 4., 5., 6.], [2, 3]), 2, 3);
+        assert_eq!(t.shape.to_vec(), vec![3, 2]);
+        assert_eq!(t.to_vec::<f32>().unwrap(), vec![1., 4., 2., 5., 3., 6.]);
+    }
+}

@@ -1,0 +1,140 @@
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
+use mhr_core::{AdaptedLinear, RoutingContext};
+
+use crate::config::{Activation, FeedForwardKind, T5Config};
+use crate::error::ModelError;
+use crate::loader::WeightSource;
+use crate::t5::SiteFn;
+use crate::t5::layer_norm::T5LayerNorm;
+
+fn activate<B: Backend>(activation: Activation, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    match activation {
+        Activation::Relu => relu(x),
+        Activation::Gelu => gelu(x),
+        Activation::GeluTanh => gelu_approximate(x),
+        Activation::Silu => silu(x),
+    }
+}
+
+/// `wo(act(wi x))`: T5 v1.0.
+#[derive(Module, Debug)]
+pub struct T5DenseActDense<B: Backend> {
+    pub wi: AdaptedLinear<B>,
+    pub wo: AdaptedLinear<B>,
+    pub activation: Activation,
+}
+
+/// `wo(act(wi_0 x) · wi_1 x)`: T5 v1.1, LM-adapt, T0 (gated-gelu).
+#[derive(Module, Debug)]
+pub struct T5DenseGatedActDense<B: Backend> {
+    pub wi_0: AdaptedLinear<B>,
+    pub wi_1: AdaptedLinear<B>,
+    pub wo: AdaptedLinear<B>,
+    pub activation: Activation,
+}
+
+/// HF's `DenseReluDense`, whichever layout the config asks for.
+// Built once per layer, so the size gap between variants costs nothing; Burn has no `Module` for `Box`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum T5DenseReluDense<B: Backend> {
+    Act(T5DenseActDense<B>),
+    Gated(T5DenseGatedActDense<B>),
+}
+
+impl<B: Backend> T5DenseReluDense<B> {
+    fn build<S: WeightSource<B>>(
+        src: &mut S,
+        path: &str,
+        config: &T5Config,
+        kind: FeedForwardKind,
+    ) -> Result<Self, ModelError> {
+        let (d, d_ff, f) = (config.d_model, config.d_ff, config.initializer_factor);
+        let mut linear = |name: &str, d_in: usize, d_out: usize| {
+            let std = f * (d_in as f64).powf(-0.5);
+            src.linear(&format!("{path}.{name}.weight"), d_in, d_out, std)
+                .map(|w| AdaptedLinear::new(w, None))
+        };
+        let activation = kind.activation;
+        Ok(if kind.gated {
+            Self::Gated(T5DenseGatedActDense {
+                wi_0: linear("wi_0", d, d_ff)?,
+                wi_1: linear("wi_1", d, d_ff)?,
+                wo: linear("wo", d_ff, d)?,
+                activation,
+            })
+        } else {
+            Self::Act(T5DenseActDense {
+                wi: linear("wi", d, d_ff)?,
+                wo: linear("wo", d_ff, d)?,
+                activation,
+            })
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
+        match self {
+            Self::Act(m) => m.wo.forward(activate(m.activation, m.wi.forward(x, ctx)), ctx),
+            Self::Gated(m) => {
+                let gate = activate(m.activation, m.wi_0.forward(x.clone(), ctx));
+                m.wo.forward(gate * m.wi_1.forward(x, ctx), ctx)
+            }
+        }
+    }
+
+    fn map_sites<E>(self, path: &str, f: &mut SiteFn<'_, B, E>) -> Result<Self, E> {
+        Ok(match self {
+            Self::Act(m) => Self::Act(T5DenseActDense {
+                wi: f(&format!("{path}.wi"), m.wi)?,
+                wo: f(&format!("{path}.wo"), m.wo)?,
+                activation: m.activation,
+            }),
+            Self::Gated(m) => Self::Gated(T5DenseGatedActDense {
+                wi_0: f(&format!("{path}.wi_0"), m.wi_0)?,
+                wi_1: f(&format!("{path}.wi_1"), m.wi_1)?,
+                wo: f(&format!("{path}.wo"), m.wo)?,
+                activation: m.activation,
+            }),
+        })
+    }
+}
+
+/// Pre-norm residual FFN: `x + DenseReluDense(layer_norm(x))`.
+#[derive(Module, Debug)]
+pub struct T5LayerFF<B: Backend> {
+    pub dense_relu_dense: T5DenseReluDense<B>,
+    pub layer_norm: T5LayerNorm<B>,
+}
+
+impl<B: Backend> T5LayerFF<B> {
+    pub(crate) fn build<S: WeightSource<B>>(
+        src: &mut S,
+        path: &str,
+        config: &T5Config,
+        kind: FeedForwardKind,
+    ) -> Result<Self, ModelError> {
+        Ok(Self {
+            dense_relu_dense: T5DenseReluDense::build(src, &format!("{path}.DenseReluDense"), config, kind)?,
+            layer_norm: T5LayerNorm::build(
+                src,
+                &format!("{path}.layer_norm"),
+                config.d_model,
+                config.layer_norm_epsilon,
+            )?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
+        x.clone() + self.dense_relu_dense.forward(self.layer_norm.forward(x), ctx)
+    }
+
+    pub(crate) fn map_sites<E>(self, path: &str, f: &mut SiteFn<'_, B, E>) -> Result<Self, E> {
+        Ok(Self {
+            dense_relu_dense: self
+                .dense_relu_dense
+                .map_sites(&format!("{path}.DenseReluDense"), f)?,
+            ..self
+        })
+    }
+}

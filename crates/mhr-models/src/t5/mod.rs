@@ -1,0 +1,23 @@
+//! The T5 encoder–decoder, with HF's module structure so every parameter and adapter site keeps its
+//! HF name (`decoder.block.1.layer.1.EncDecAttention.k`).
+
+mod attention;
+mod block;
+mod ff;
+mod layer_norm;
+mod model;
+mod stack;
+
+pub use attention::{RelativePositionBias, T5Attention, relative_position_bucket};
+pub use block::{T5Block, T5LayerCrossAttention, T5LayerSelfAttention};
+pub use ff::{T5DenseActDense, T5DenseGatedActDense, T5DenseReluDense, T5LayerFF};
+pub use layer_norm::T5LayerNorm;
+pub use model::{EncoderOutput, IGNORE_INDEX, Seq2SeqLmOutput, T5ForConditionalGeneration};
+pub use stack::T5Stack;
+
+/// What [`T5ForConditionalGeneration::map_sites`] applies to each adapter site: HF module path and layer in,
+/// layer (or an error) out.
+pub(crate) type SiteFn<'a, B, E> =
+    dyn FnMut(&str, mhr_core::AdaptedLinear<B>) -> Result<mhr_core::AdaptedLinear<B>, E> + 'a;
+
+pub(crate) use model::host_ints;

@@ -1,0 +1,137 @@
+use burn::prelude::*;
+use mhr_core::RoutingContext;
+
+use crate::config::{FeedForwardKind, T5Config};
+use crate::error::ModelError;
+use crate::generation::DecoderCache;
+use crate::loader::WeightSource;
+use crate::t5::SiteFn;
+use crate::t5::block::{CrossInput, T5Block};
+use crate::t5::layer_norm::T5LayerNorm;
+
+/// Added to attention scores that must be ignored; finite, so a fully masked row stays a number.
+pub(crate) const MASKED: f32 = -1e9;
+
+/// The encoder or the decoder: blocks, then a final RMS norm. Embeddings live in the parent model (`shared`).
+#[derive(Module, Debug)]
+pub struct T5Stack<B: Backend> {
+    pub block: Vec<T5Block<B>>,
+    pub final_layer_norm: T5LayerNorm<B>,
+}
+
+impl<B: Backend> T5Stack<B> {
+    /// `prefix` is `encoder` or `decoder`.
+    pub(crate) fn build<S: WeightSource<B>>(
+        src: &mut S,
+        prefix: &str,
+        config: &T5Config,
+        kind: FeedForwardKind,
+        is_decoder: bool,
+    ) -> Result<Self, ModelError> {
+        let layers = if is_decoder {
+            config.decoder_layers()
+        } else {
+            config.num_layers
+        };
+        let block = (0..layers)
+            .map(|i| {
+                T5Block::build(
+                    src,
+                    &format!("{prefix}.block.{i}"),
+                    config,
+                    kind,
+                    is_decoder,
+                    i == 0,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let final_layer_norm = T5LayerNorm::build(
+            src,
+            &format!("{prefix}.final_layer_norm"),
+            config.d_model,
+            config.layer_norm_epsilon,
+        )?;
+        Ok(Self {
+            block,
+            final_layer_norm,
+        })
+    }
+
+    /// The first block's relative position bias `[1, heads, q_len, k_len]`, computed once and shared by all
+    /// blocks as in transformers; zero when the stack has none.
+    fn position_bias(&self, q_start: usize, q_len: usize, k_len: usize) -> Option<Tensor<B, 4>> {
+        let bias = self
+            .block
+            .first()?
+            .self_attention
+            .attention
+            .relative_attention_bias
+            .as_ref()?;
+        Some(bias.forward(q_start, q_len, k_len))
+    }
+
+    /// Encoder: `x: [b, s, d_model]` embedded tokens, `mask_bias: [b, 1, 1, s]` (0 or -1e9 per key).
+    pub(crate) fn encode(
+        &self,
+        x: Tensor<B, 3>,
+        mask_bias: Tensor<B, 4>,
+        ctx: &RoutingContext<B>,
+    ) -> Tensor<B, 3> {
+        let s = x.dims()[1];
+        let bias = match self.position_bias(0, s, s) {
+            Some(position) => position + mask_bias,
+            None => mask_bias,
+        };
+        let x = self
+            .block
+            .iter()
+            .fold(x, |x, block| block.forward(x, bias.clone(), None, ctx));
+        self.final_layer_norm.forward(x)
+    }
+
+    /// Decoder over the positions `cache.len()..cache.len() + t` of `x: [b, t, d_model]`, attending causally to
+    /// themselves and the cached positions, and to the encoder output (padding masked by `cross_bias`).
+    pub(crate) fn decode(
+        &self,
+        x: Tensor<B, 3>,
+        encoder_hidden: &Tensor<B, 3>,
+        cross_bias: &Tensor<B, 4>,
+        cache: &mut DecoderCache<B>,
+        ctx: &RoutingContext<B>,
+    ) -> Tensor<B, 3> {
+        let (start, t) = (cache.len(), x.dims()[1]);
+        let k_len = start + t;
+        let causal: Vec<f32> = (start..k_len)
+            .flat_map(|q| (0..k_len).map(move |k| if k > q { MASKED } else { 0.0 }))
+            .collect();
+        let causal = Tensor::<B, 4>::from_data(TensorData::new(causal, [1, 1, t, k_len]), &x.device());
+        let bias = match self.position_bias(start, t, k_len) {
+            Some(position) => position + causal,
+            None => causal,
+        };
+        let layers = cache.layers_mut(self.block.len());
+        let x = self.block.iter().zip(layers).fold(x, |x, (block, layer_cache)| {
+            let cross = CrossInput {
+                encoder_hidden,
+                bias: cross_bias,
+                cache: layer_cache,
+            };
+            block.forward(x, bias.clone(), Some(cross), ctx)
+        });
+        cache.advance(t);
+        self.final_layer_norm.forward(x)
+    }
+
+    pub(crate) fn map_sites<E>(self, prefix: &str, f: &mut SiteFn<'_, B, E>) -> Result<Self, E> {
+        let block = self
+            .block
+            .into_iter()
+            .enumerate()
+            .map(|(i, block)| block.map_sites(&format!("{prefix}.block.{i}"), f))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            block,
+            final_layer_norm: self.final_layer_norm,
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! `results.json` (one row per measurement), `results.md` (the paper-style table) and plots.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::metrics::{MeanStd, mean_std};
+use crate::trainer::write_json;
+
+/// One measurement: a method's score on one task, at one k and seed (DESIGN.md's CLI contract).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub method: String,
+    pub task: String,
+    pub k: usize,
+    pub seed: u64,
+    pub metric: String,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub preset: String,
+    pub rows: Vec<ResultRow>,
+}
+
+impl Results {
+    /// Mean over tasks per seed, then mean ± std over seeds, per (method, k).
+    pub fn summary(&self) -> BTreeMap<(String, usize), MeanStd> {
+        let mut per_seed: BTreeMap<(String, usize, u64), Vec<f64>> = BTreeMap::new();
+        for r in &self.rows {
+            per_seed
+                .entry((r.method.clone(), r.k, r.seed))
+                .or_default()
+                .push(r.value);
+        }
+        let mut by_method: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
+        for ((method, k, _), values) in per_seed {
+            let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+            by_method.entry((method, k)).or_default().push(mean);
+        }
+        by_method
+            .into_iter()
+            .map(|(key, means)| (key, mean_std(&means)))
+            .collect()
+    }
+}
+
+/// Writes `results.json` and `results.md`; `reference` gives published numbers per (method, k) to print
+/// beside ours, with a note on where they come from.
+pub fn write_results(
+    out: &Path,
+    results: &Results,
+    method_order: &[&str],
+    reference: &[(&str, usize, f64)],
+    reference_note: &str,
+) -> Result<String, TrainError> {
+    write_json(&out.join("results.json"), results)?;
+    let summary = results.summary();
+    let mut ks: Vec<usize> = summary.keys().map(|(_, k)| *k).collect();
+    ks.sort_unstable();
+    ks.dedup();
+    let metric = results.rows.first().map(|r| r.metric.as_str()).unwrap_or("score");
+    let mut md = format!(
+        "# {} preset: mean {metric} over held-out tasks\n\n",
+        results.preset
+    );
+    md += "| method |";
+    for k in &ks {
+        md += &format!(" k={k} (ours) | k={k} (reference) |");
+    }
+    md += "\n|---|";
+    md += &"---|---|".repeat(ks.len());
+    md += "\n";
+    for method in method_order {
+        if !ks.iter().any(|k| summary.contains_key(&(method.to_string(), *k))) {
+            continue;
+        }
+        md += &format!("| {method} |");
+        for k in &ks {
+            let ours = summary
+                .get(&(method.to_string(), *k))
+                .map(|s| {
+                    if s.n > 1 {
+                        format!("{:.3} ± {:.3}", s.mean, s.std)
+                    } else {
+                        format!("{:.3}", s.mean)
+                    }
+                })
+                .unwrap_or_else(|| "—".into());
+            let theirs = reference
+                .iter()
+                .find(|(m, rk, _)| m == method && rk == k)
+                .map(|(_, _, v)| format!("{v:.2}"))
+                .unwrap_or_else(|| "—".into());
+            md += &format!(" {ours} | {theirs} |");
+        }
+        md += "\n";
+    }
+    let seeds: std::collections::BTreeSet<u64> = results.rows.iter().map(|r| r.seed).collect();
+    md += &format!(
+        "\nSeeds: {seeds:?}; ± is the standard deviation over seeds of the per-seed mean.\n\n{reference_note}\n"
+    );
+    mhr_core::io::write_atomic(out.join("results.md"), md.as_bytes())?;
+    Ok(md)
+}
