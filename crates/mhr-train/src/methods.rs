@@ -4,7 +4,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use mhr_core::peft::TargetModules;
 use mhr_core::{
-    Adapter, AdapterConfig, Ia3Config, LoraConfig, Method, NewTaskRouting, RoutedLoraConfig, RoutingConfig, Stage,
+    Adapter, AdapterConfig, Ia3Config, LoraConfig, Method, NewTaskRouting, RoutedLoraConfig, RoutingConfig,
+    Stage,
 };
 use mhr_models::T5ForConditionalGeneration;
 use serde::{Deserialize, Serialize};
@@ -55,13 +56,22 @@ pub fn attach_pretraining<B: Backend>(
         Method::FullFinetune => model,
         Method::Lora => model.with_adapters(targets, &lora(sizes))?,
         Method::Ia3 => model
-            .with_adapters(&names(&IA3_OUTPUT_SITES), &AdapterConfig::Ia3(Ia3Config { feedforward: false }))?
-            .with_adapters(&names(&IA3_INPUT_SITES), &AdapterConfig::Ia3(Ia3Config { feedforward: true }))?,
+            .with_adapters(
+                &names(&IA3_OUTPUT_SITES),
+                &AdapterConfig::Ia3(Ia3Config { feedforward: false }),
+            )?
+            .with_adapters(
+                &names(&IA3_INPUT_SITES),
+                &AdapterConfig::Ia3(Ia3Config { feedforward: true }),
+            )?,
         Method::Poly => model.with_adapters(targets, &routed(1))?,
         Method::Mhr => model.with_adapters(targets, &routed(sizes.mhr_heads))?,
         Method::Private => {
             let config = AdapterConfig::RoutedLora(RoutedLoraConfig {
-                routing: RoutingConfig { relaxed_bernoulli: false, ..sizes.routing.clone() },
+                routing: RoutingConfig {
+                    relaxed_bernoulli: false,
+                    ..sizes.routing.clone()
+                },
                 ..RoutedLoraConfig::new(sizes.poly_rank, n_tasks, 1, n_tasks)
             });
             model.with_adapters(targets, &config)?.map_sites(|_, mut site| {
@@ -85,7 +95,11 @@ fn lora(sizes: &AdapterSizes) -> AdapterConfig {
 /// Prepares a pre-trained model for few-shot adaptation of a held-out task whose routing row exists
 /// untouched (so it is mttl's fresh U(±1e-3) row): `-μ` replaces every inventory by the mean of its skills
 /// as one LoRA, Private gets a fresh LoRA of its own, and the method's adaptation parameters are unfrozen.
-pub fn prepare_adaptation<B: Backend>(model: Model<B>, method: Method, sizes: &AdapterSizes) -> Result<Model<B>, TrainError> {
+pub fn prepare_adaptation<B: Backend>(
+    model: Model<B>,
+    method: Method,
+    sizes: &AdapterSizes,
+) -> Result<Model<B>, TrainError> {
     let model = match method.new_task_routing() {
         NewTaskRouting::AverageSkills => model.map_sites(|_, site| {
             Ok::<_, TrainError>(match &site.adapter {

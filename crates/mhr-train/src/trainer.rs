@@ -294,7 +294,7 @@ struct Progress {
 
 impl Progress {
     fn new(label: &str, total: usize, start: usize) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = (!label.is_empty() && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({eta})")
@@ -318,6 +318,7 @@ impl Progress {
                 bar.set_position(step as u64);
                 bar.set_message(format!("loss {loss:.4} · {tokens_per_s:.0} tok/s"));
             }
+            None if self.label.is_empty() => {}
             None => {
                 let every = (self.total / 10).max(1);
                 if step.is_multiple_of(every) || step == self.total {

@@ -1,6 +1,7 @@
 //! The paper's experiments end to end (`cargo xtask reproduce`): presets, result rows and reports.
 
 mod report;
+pub mod smoke;
 pub mod synthetic;
 
 pub use report::{ResultRow, Results, write_results};

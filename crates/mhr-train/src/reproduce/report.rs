@@ -67,12 +67,17 @@ pub fn write_results(
         "# {} preset: mean {metric} over held-out tasks\n\n",
         results.preset
     );
+    let with_reference = !reference.is_empty();
     md += "| method |";
     for k in &ks {
-        md += &format!(" k={k} (ours) | k={k} (reference) |");
+        md += &if with_reference {
+            format!(" k={k} (ours) | k={k} (reference) |")
+        } else {
+            format!(" k={k} |")
+        };
     }
     md += "\n|---|";
-    md += &"---|---|".repeat(ks.len());
+    md += &(if with_reference { "---|---|" } else { "---|" }).repeat(ks.len());
     md += "\n";
     for method in method_order {
         if !ks.iter().any(|k| summary.contains_key(&(method.to_string(), *k))) {
@@ -95,7 +100,11 @@ pub fn write_results(
                 .find(|(m, rk, _)| m == method && rk == k)
                 .map(|(_, _, v)| format!("{v:.2}"))
                 .unwrap_or_else(|| "—".into());
-            md += &format!(" {ours} | {theirs} |");
+            md += &if with_reference {
+                format!(" {ours} | {theirs} |")
+            } else {
+                format!(" {ours} |")
+            };
         }
         md += "\n";
     }

@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TargetModules;
-use mhr_core::{Adapter, AdapterConfig, LoraConfig, Method, RoutedLoraConfig, RoutingMode, Stage};
+use mhr_core::{Adapter, Method, RoutingConfig, RoutingMode, Stage};
 use mhr_data::synthetic::{ComposedTask, Skill, SyntheticSuite, SyntheticVocab, sample_input};
 use mhr_models::{T5Config, T5ForConditionalGeneration};
 use rand::rngs::StdRng;
@@ -25,6 +25,7 @@ use crate::batch::TokenizedExample;
 use crate::data::{Generated, ShuffledEpochs, mix};
 use crate::error::TrainError;
 use crate::eval::{exact_match_teacher_forced, fraction};
+use crate::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
 use crate::metrics::spearman;
 use crate::optim::OptimConfig;
 use crate::reproduce::report::{ResultRow, Results, write_results};
@@ -114,46 +115,51 @@ const REFERENCE: [(&str, usize, f64); 14] = [
     ("mhr-mu", 64, 0.43),
 ];
 
-/// What stage 2 trained for each method family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Family {
-    Lora,
-    LoraBig,
-    Ia3,
-    Poly,
-    Mhr,
-}
-
+/// A method of the preset: a row of the method table, the LoRA rank its family uses, and whether it skips
+/// multi-task pre-training (LoRA from scratch, the floor).
 struct MethodPlan {
-    family: Family,
     method: Method,
-    /// LoRA trained from its initialisation in stage 3, without stage 2.
+    lora_rank: usize,
     from_scratch: bool,
 }
 
-fn plan(name: &str) -> Result<MethodPlan, TrainError> {
-    let p = |family, method, from_scratch| {
+impl MethodPlan {
+    /// Methods sharing this key share one stage-2 model (e.g. `mhr`, `mhr-z`, `mhr-mu`).
+    fn pretraining_key(&self) -> (Method, usize) {
+        (self.method.pretraining_method(), self.lora_rank)
+    }
+}
+
+fn plan(name: &str, settings: &SyntheticSettings) -> Result<MethodPlan, TrainError> {
+    let (rank, big) = (settings.lora_rank, settings.lora_big_rank);
+    let p = |method, lora_rank, from_scratch| {
         Ok(MethodPlan {
-            family,
             method,
+            lora_rank,
             from_scratch,
         })
     };
     match name {
-        "lora-scratch" => p(Family::Lora, Method::Lora, true),
-        "lora" => p(Family::Lora, Method::Lora, false),
-        "lora-r64" => p(Family::LoraBig, Method::Lora, false),
-        "ia3" => p(Family::Ia3, Method::Ia3, false),
-        "poly" => p(Family::Poly, Method::Poly, false),
-        "poly-z" => p(Family::Poly, Method::PolyZ, false),
-        "poly-mu" => p(Family::Poly, Method::PolyMu, false),
-        "mhr" => p(Family::Mhr, Method::Mhr, false),
-        "mhr-z" => p(Family::Mhr, Method::MhrZ, false),
-        "mhr-mu" => p(Family::Mhr, Method::MhrMu, false),
-        other => Err(TrainError::Config(format!(
-            "unknown method `{other}` for the synthetic preset (known: {})",
-            METHODS.join(", ")
-        ))),
+        "lora-scratch" => p(Method::Lora, rank, true),
+        "lora-r64" => p(Method::Lora, big, false),
+        other => match other.parse::<Method>() {
+            Ok(Method::FullFinetune | Method::Private) | Err(_) => Err(TrainError::Config(format!(
+                "unknown method `{other}` for the synthetic preset (known: {})",
+                METHODS.join(", ")
+            ))),
+            Ok(method) => p(method, rank, false),
+        },
+    }
+}
+
+fn sizes(settings: &SyntheticSettings, lora_rank: usize) -> AdapterSizes {
+    AdapterSizes {
+        lora_rank,
+        lora_alpha: 1.0,
+        poly_rank: settings.poly_rank,
+        n_skills: settings.n_skills,
+        mhr_heads: settings.mhr_heads,
+        routing: RoutingConfig::default(),
     }
 }
 
@@ -310,32 +316,6 @@ fn base_model<B: AutodiffBackend>(
     Ok(frozen)
 }
 
-fn adapter_for(family: Family, settings: &SyntheticSettings, n_tasks: usize) -> AdapterConfig {
-    let lora = |rank| {
-        AdapterConfig::Lora(LoraConfig {
-            alpha: 1.0,
-            ..LoraConfig::new(rank, 1.0)
-        })
-    };
-    match family {
-        Family::Lora => lora(settings.lora_rank),
-        Family::LoraBig => lora(settings.lora_big_rank),
-        Family::Ia3 => AdapterConfig::Ia3(mhr_core::Ia3Config { feedforward: false }),
-        Family::Poly => AdapterConfig::RoutedLora(RoutedLoraConfig::new(
-            settings.poly_rank,
-            settings.n_skills,
-            1,
-            n_tasks,
-        )),
-        Family::Mhr => AdapterConfig::RoutedLora(RoutedLoraConfig::new(
-            settings.poly_rank,
-            settings.n_skills,
-            settings.mhr_heads,
-            n_tasks,
-        )),
-    }
-}
-
 fn stage_config(steps: usize, batch: usize, lr: f64, routing_lr: f64, seed: u64) -> TrainConfig {
     TrainConfig {
         steps,
@@ -426,7 +406,7 @@ where
     let plans: Vec<(String, MethodPlan)> = settings
         .methods
         .iter()
-        .map(|m| plan(m).map(|p| (m.clone(), p)))
+        .map(|m| plan(m, settings).map(|p| (m.clone(), p)))
         .collect::<Result<_, _>>()?;
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
     write_json(&out.join("settings.json"), settings)?;
@@ -457,27 +437,19 @@ where
         );
 
         // Stage 2: one multi-task pre-training per family used by the requested methods.
-        let mut families: Vec<Family> = plans
+        let mut keys: Vec<(Method, usize)> = plans
             .iter()
             .filter(|(_, p)| !p.from_scratch)
-            .map(|(_, p)| p.family)
+            .map(|(_, p)| p.pretraining_key())
             .collect();
-        families.sort();
-        families.dedup();
-        let mut pretrained: Vec<(Family, Model<B>)> = Vec::new();
+        keys.sort_by_key(|(m, r)| (m.name(), *r));
+        keys.dedup();
+        let mut pretrained: Vec<((Method, usize), Model<B>)> = Vec::new();
         let train_tasks: Vec<ComposedTask> = split.train.iter().map(|&t| suite.tasks()[t].clone()).collect();
-        for family in families {
-            let method = match family {
-                Family::Poly => Method::Poly,
-                Family::Mhr => Method::Mhr,
-                Family::Ia3 => Method::Ia3,
-                Family::Lora | Family::LoraBig => Method::Lora,
-            };
+        for (method, rank) in keys {
             B::seed(device, mix(seed, 2));
-            let model = base
-                .clone()
-                .with_adapters(&targets(), &adapter_for(family, settings, n_tasks))?;
-            let model = method.trainable(Stage::Pretrain).apply(model);
+            let model =
+                attach_pretraining(base.clone(), method, &sizes(settings, rank), &targets(), n_tasks)?;
             let tasks = &train_tasks;
             let data = Generated {
                 batch_size: settings.pre_batch,
@@ -494,7 +466,12 @@ where
                 settings.routing_lr,
                 seed,
             );
-            let label = format!("stage 2 {family:?}").to_lowercase();
+            let family = if method == Method::Lora {
+                format!("lora-r{rank}")
+            } else {
+                method.name().to_string()
+            };
+            let label = format!("stage 2 {family}");
             let (model, outcome) = train(
                 model,
                 &data,
@@ -504,20 +481,17 @@ where
                     ..Default::default()
                 },
             )?;
-            curves.push((
-                format!("{family:?} (seed {seed})").to_lowercase(),
-                outcome.losses.clone(),
-            ));
-            if matches!(family, Family::Poly | Family::Mhr) {
+            curves.push((format!("{family} (seed {seed})"), outcome.losses.clone()));
+            if method.is_routed() {
                 let rho = routing_vs_truth(&routing_matrix(&model.valid(), n_tasks), &suite, &split.train);
-                let name = if family == Family::Poly { "poly" } else { "mhr" };
-                spearman_rows.insert(format!("{name}/seed{seed}"), rho.unwrap_or(f64::NAN));
+                spearman_rows.insert(format!("{}/seed{seed}", method.name()), rho.unwrap_or(f64::NAN));
                 eprintln!(
-                    "seed {seed}: {name} routing vs ground truth, Spearman ρ = {:.3}",
+                    "seed {seed}: {} routing vs ground truth, Spearman ρ = {:.3}",
+                    method.name(),
                     rho.unwrap_or(f64::NAN)
                 );
             }
-            pretrained.push((family, model));
+            pretrained.push(((method, rank), model));
         }
 
         // Stage 3: few-shot adaptation of every method to every held-out task.
@@ -529,29 +503,22 @@ where
                     let train_set = task_examples(task, k, 5000 + 31 * t as u64 + k as u64 + 7 * seed)?;
                     let model = if p.from_scratch {
                         B::seed(device, mix(seed, 3 + t as u64));
-                        base.clone()
-                            .with_adapters(&targets(), &adapter_for(p.family, settings, n_tasks))?
+                        attach_pretraining(
+                            base.clone(),
+                            p.method,
+                            &sizes(settings, p.lora_rank),
+                            &targets(),
+                            n_tasks,
+                        )?
                     } else {
+                        let key = p.pretraining_key();
                         pretrained
                             .iter()
-                            .find(|(f, _)| *f == p.family)
+                            .find(|(k, _)| *k == key)
                             .map(|(_, m)| m.clone())
                             .ok_or_else(|| TrainError::Config(format!("no pre-trained model for {name}")))?
                     };
-                    let model = if p.method.new_task_routing() == mhr_core::NewTaskRouting::AverageSkills {
-                        model.map_sites(|_, site| {
-                            Ok::<_, TrainError>(match &site.adapter {
-                                Some(Adapter::RoutedLora(r)) => {
-                                    let mu = r.average_skills();
-                                    site.set_adapter(Some(Adapter::Lora(mu)))
-                                }
-                                _ => site,
-                            })
-                        })?
-                    } else {
-                        model
-                    };
-                    let model = p.method.trainable(Stage::Adapt).apply(model);
+                    let model = prepare_adaptation(model, p.method, &sizes(settings, p.lora_rank))?;
                     let lr = if p.from_scratch {
                         settings.pre_lr
                     } else {

@@ -1,0 +1,74 @@
+//! The reproduction presets end to end (small settings): every method yields a finite score.
+
+use burn::backend::{Autodiff, NdArray};
+use mhr_tests::shared_dir;
+use mhr_train::reproduce::smoke::{self, SmokeSettings};
+use mhr_train::reproduce::synthetic::{self, SyntheticSettings};
+
+type A = Autodiff<NdArray>;
+
+/// Burn's backend RNG is process-global; presets seed it, so they must not interleave.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn smoke_preset_scores_every_method() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let settings = SmokeSettings {
+        sni: shared_dir().join("data/sni"),
+        ..SmokeSettings::default()
+    };
+    let results = smoke::run::<A>(&settings, out.path(), &Default::default()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(written["preset"], "smoke");
+    for method in smoke::METHODS {
+        let rows: Vec<_> = results.rows.iter().filter(|r| r.method == method).collect();
+        assert_eq!(
+            rows.len(),
+            settings.eval_tasks,
+            "{method}: one row per held-out task"
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.value.is_finite() && (0.0..=1.0).contains(&r.value) && r.metric == "rouge_l")
+        );
+    }
+    assert!(
+        std::fs::read_to_string(out.path().join("results.md"))
+            .unwrap()
+            .contains("| mhr-mu |")
+    );
+}
+
+#[test]
+fn synthetic_preset_runs_and_scores_routing() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let settings = SyntheticSettings {
+        methods: ["lora-scratch", "lora", "poly-z", "mhr", "mhr-mu"]
+            .map(String::from)
+            .to_vec(),
+        ks: vec![16],
+        base_steps: 20,
+        pre_steps: 5,
+        ft_steps: 2,
+        n_test: 10,
+        ..SyntheticSettings::default()
+    };
+    let report = synthetic::run::<A>(&settings, out.path(), &Default::default()).unwrap();
+    assert_eq!(report.results.rows.len(), 5 * 10, "5 methods × 10 held-out tasks");
+    assert!(
+        report
+            .results
+            .rows
+            .iter()
+            .all(|r| r.value.is_finite() && r.metric == "exact_match")
+    );
+    let routing: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("routing.json")).unwrap()).unwrap();
+    let rho = routing["spearman_routing_vs_truth"]["mhr"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&rho), "{rho}");
+    // The base model is cached: a second run with the same settings loads it instead of training.
+    assert!(out.path().join("base-seed0/model.mpk").exists());
+}
