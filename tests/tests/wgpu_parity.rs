@@ -60,3 +60,47 @@ fn routed_layer_matches_ndarray_on_wgpu() {
         assert_rel_close(&gpu, &cpu, 1e-5, &format!("{variant} on wgpu"));
     }
 }
+
+/// T5 logits on WGPU against the HF fixture (as the ndarray tests do), base and MHR-adapted.
+#[test]
+fn t5_logits_match_the_fixtures_on_wgpu() {
+    use mhr_core::io::SafetensorsFile;
+    use mhr_models::T5ForConditionalGeneration;
+    use mhr_tests::assert_abs_close;
+    if !wgpu_available() {
+        return;
+    }
+    let device = WgpuDevice::DefaultDevice;
+    for (model_dir, adapter) in [
+        ("t5-v1_1", None),
+        ("t5-v1_0", None),
+        ("t5-v1_1", Some("t5-v1_1-mhr")),
+    ] {
+        let mut model = T5ForConditionalGeneration::<Wgpu>::load(t5_fixture(model_dir), &device).unwrap();
+        if let Some(a) = adapter {
+            model = model.load_peft_adapter(t5_fixture(a)).unwrap();
+        }
+        let reference =
+            SafetensorsFile::open(t5_fixture(adapter.unwrap_or(model_dir)).join("reference.safetensors"))
+                .unwrap();
+        let ints = |key: &str| Tensor::<Wgpu, 2, Int>::from_data(reference.i64(key).unwrap(), &device);
+        let ctx = match adapter {
+            Some(_) => RoutingContext::new(
+                Tensor::from_data(reference.i64("task_ids").unwrap(), &device),
+                RoutingMode::Deterministic,
+            ),
+            None => RoutingContext::untasked(),
+        };
+        let out = model
+            .forward(ints("input_ids"), ints("attention_mask"), ints("labels"), &ctx)
+            .unwrap();
+        let logits: Vec<f32> = out.logits.into_data().to_vec().unwrap();
+        let expected: Vec<f32> = reference.f32("logits").unwrap().to_vec().unwrap();
+        assert_abs_close(
+            &logits,
+            &expected,
+            1e-4,
+            &format!("{} logits on wgpu", adapter.unwrap_or(model_dir)),
+        );
+    }
+}
