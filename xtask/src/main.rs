@@ -50,7 +50,7 @@ struct ReproduceArgs {
     /// Comma-separated seeds (overrides the settings file).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
-    /// Comma-separated methods (overrides the settings file).
+    /// Comma-separated methods, or `all` (overrides the settings file).
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
 }

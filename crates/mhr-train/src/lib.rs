@@ -1,5 +1,6 @@
 //! Multi-task pre-training, few-shot adaptation and evaluation of Poly / MHR adapters (and their baselines).
 
+pub mod alignment;
 pub mod batch;
 pub mod checkpoint;
 pub mod data;

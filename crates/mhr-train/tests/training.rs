@@ -201,3 +201,153 @@ fn resumed_run_equals_uninterrupted_run() {
         "one metrics line per step, none duplicated by the resume"
     );
 }
+
+/// Every float parameter with its field path, for diffing.
+struct Named {
+    path: Vec<String>,
+    params: Vec<(String, Vec<f32>)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Named {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.params.push((
+            self.path.join("."),
+            param.val().into_data().iter::<f32>().collect(),
+        ));
+    }
+}
+
+fn named<M: Module<A>>(m: &M) -> Vec<(String, Vec<f32>)> {
+    let mut v = Named {
+        path: Vec::new(),
+        params: Vec::new(),
+    };
+    m.visit(&mut v);
+    v.params
+}
+
+/// The paths of parameters that differ between two models of the same structure.
+fn changed(before: &[(String, Vec<f32>)], after: &[(String, Vec<f32>)]) -> Vec<String> {
+    assert_eq!(before.len(), after.len(), "same structure");
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| b.1 != a.1)
+        .map(|(b, _)| b.0.clone())
+        .collect()
+}
+
+#[test]
+fn adaptation_regimes_train_only_their_parameters() {
+    use mhr_core::RoutingConfig;
+    use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let sizes = AdapterSizes {
+        lora_rank: 4,
+        lora_alpha: 1.0,
+        poly_rank: 4,
+        n_skills: 4,
+        mhr_heads: 4,
+        routing: RoutingConfig::default(),
+    };
+    let all = TargetModules::Names(
+        ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let data = examples();
+    // Pre-train on tasks 0..3, adapt to task 3 alone.
+    let pre: Vec<TokenizedExample> = data.iter().filter(|e| e.task_id < 3).cloned().collect();
+    let held: Vec<TokenizedExample> = data.iter().filter(|e| e.task_id == 3).cloned().collect();
+    let model = attach_pretraining(tiny_model(), Method::Mhr, &sizes, &all, 4).unwrap();
+    let (pretrained, _) = train(
+        model,
+        &ShuffledEpochs::new(&pre, 8, 1, 0),
+        &config(3),
+        &RunOptions::default(),
+    )
+    .unwrap();
+
+    let z = prepare_adaptation(pretrained.clone(), Method::MhrZ, &sizes).unwrap();
+    let before = named(&z);
+    let (z, _) = train(
+        z,
+        &ShuffledEpochs::new(&held, 8, 1, 0),
+        &config(3),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let moved = changed(&before, &named(&z));
+    assert!(!moved.is_empty());
+    assert!(
+        moved.iter().all(|p| p.ends_with("router.module_logits")),
+        "-z moved {moved:?}"
+    );
+
+    let mu = prepare_adaptation(pretrained, Method::MhrMu, &sizes).unwrap();
+    let before = named(&mu);
+    assert!(
+        before
+            .iter()
+            .all(|(p, _)| !p.contains("poly_lora") && !p.contains("module_logits")),
+        "-μ drops routing"
+    );
+    let (mu, _) = train(
+        mu,
+        &ShuffledEpochs::new(&held, 8, 1, 0),
+        &config(3),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let moved = changed(&before, &named(&mu));
+    assert!(!moved.is_empty());
+    assert!(
+        moved
+            .iter()
+            .all(|p| p.ends_with("lora_a") || p.ends_with("lora_b")),
+        "-μ moved {moved:?}"
+    );
+}
+
+#[test]
+fn gradient_alignment_of_identical_tasks_is_one() {
+    use mhr_train::alignment::gradient_alignment;
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = examples();
+    let copy: Vec<TokenizedExample> = data.iter().filter(|e| e.task_id == 1).cloned().collect();
+    let other: Vec<TokenizedExample> = data.iter().filter(|e| e.task_id == 2).cloned().collect();
+    let tasks = vec![
+        ("a".to_string(), copy.clone()),
+        ("a-again".to_string(), copy),
+        ("b".to_string(), other),
+    ];
+    for method in [Method::Lora, Method::Mhr] {
+        let model = adapted(method);
+        // Make B non-zero so that the gradients of A are too.
+        let (model, _) = train(
+            model,
+            &ShuffledEpochs::new(&data, 8, 1, 0),
+            &config(2),
+            &RunOptions::default(),
+        )
+        .unwrap();
+        let a = gradient_alignment(&model, &tasks, true).unwrap();
+        assert!(
+            (a.cosine[0][1] - 1.0).abs() < 1e-6,
+            "{method}: identical tasks {}",
+            a.cosine[0][1]
+        );
+        assert!((a.cosine[0][0] - 1.0).abs() < 1e-6);
+        assert!(
+            a.cosine[0][2] < 0.999,
+            "{method}: different tasks {}",
+            a.cosine[0][2]
+        );
+    }
+}

@@ -62,7 +62,7 @@ impl Default for SyntheticSettings {
     fn default() -> Self {
         Self {
             seeds: vec![0],
-            methods: METHODS.iter().map(|m| m.to_string()).collect(),
+            methods: DEFAULT_METHODS.iter().map(|m| m.to_string()).collect(),
             ks: vec![16, 64],
             base_steps: 2000,
             base_batch: 64,
@@ -82,6 +82,9 @@ impl Default for SyntheticSettings {
         }
     }
 }
+
+/// The default run: the prototype's recommendation for a 2-core budget (SYNTHETIC.md); `METHODS` is everything.
+pub const DEFAULT_METHODS: [&str; 5] = ["lora-scratch", "lora", "poly", "mhr", "mhr-z"];
 
 /// All methods of the preset, in table order.
 pub const METHODS: [&str; 10] = [
