@@ -43,7 +43,7 @@ impl FromStr for DeviceSpec {
             ("wgpu", i) => Ok(DeviceSpec::Wgpu(i)),
             ("cuda", i) => Ok(DeviceSpec::Cuda(i.unwrap_or(0))),
             _ => Err(format!(
-                "unknown device `{s}` (expected cpu, wgpu[:N] or cuda[:N])"
+                "unknown device `{s}` (expected cpu, ndarray, flex, wgpu[:N] or cuda[:N])"
             )),
         }
     }

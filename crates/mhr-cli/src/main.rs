@@ -1,10 +1,12 @@
 //! `mhr`: multi-task adapter routing for T5 from the command line. Errors are one line on stderr and a
-//! non-zero exit; outputs are written atomically.
+//! non-zero exit (1: the command failed; 2: the command line is invalid); outputs are written atomically.
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use mhr_cli::commands;
+use mhr_cli::commands::common::catch_panics;
 
 #[derive(Parser)]
 #[command(name = "mhr", version, about = "Poly / MHR adapter routing for T5 on Burn")]
@@ -19,22 +21,73 @@ enum Command {
     Devices,
     /// Summarise a peft adapter folder: type, modules, shapes and per-layer routing diagnostics (JSON lines).
     Inspect(commands::inspect::Args),
+    /// Teacher-forced logits, loss and per-example label log-likelihood of a batch (safetensors in and out).
+    Score(commands::score::Args),
+    /// Greedy or beam-search generation from a batch of inputs (safetensors in and out).
+    Generate(commands::generate::Args),
+    /// Task data utilities (`mhr data stats`).
+    Data(commands::data::Args),
+}
+
+/// Exit status of a command line that clap refuses (as clap's own `exit()` uses).
+const USAGE_ERROR: u8 = 2;
+
+/// Prints `error: …` on one line: newlines of nested messages become spaces.
+fn print_error(message: &str) {
+    let line: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let line = line.join(" ");
+    eprintln!("error: {line}");
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(USAGE_ERROR);
+        }
+        Err(e) => {
+            // clap's message without its `error:` prefix, usage block and `--help` hint, on one line.
+            let rendered = e.render().to_string();
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .collect();
+            let message = message.join("\n");
+            print_error(message.trim().strip_prefix("error:").unwrap_or(&message));
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    // Commands validate their inputs; a panic from deeper layers still ends as a one-line error.
+    let result = catch_panics("running the command", || match cli.command {
         Command::Devices => {
             println!("{}", mhr_cli::device::compiled_backends().join("\n"));
             Ok(())
         }
         Command::Inspect(args) => commands::inspect::run(args),
-    };
+        Command::Score(args) => commands::score::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Data(args) => commands::data::run(args),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            print_error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -1,10 +1,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::backend::NdArray;
 use burn::tensor::TensorData;
+use mhr_core::RoutingDiagnostics;
 use mhr_core::peft::{ModuleWeights, PeftAdapter, PeftKind};
-use mhr_core::{PolyRouter, RoutingConfig, RoutingDiagnostics};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -41,14 +40,12 @@ pub fn run(args: Args) -> Result<()> {
     for (path, weights) in &adapter.modules {
         let line = match weights {
             ModuleWeights::Poly { a, b, logits } => {
-                let [h, s] = [a.shape[0], a.shape[1]];
-                let router = PolyRouter::<NdArray>::from_logits(
-                    burn::tensor::Tensor::from_data(logits.clone(), &Default::default()),
-                    h,
-                    s,
-                    RoutingConfig::default(),
-                );
-                let d = RoutingDiagnostics::of(&router);
+                // σ(Z) on the host: inspecting a file needs no backend.
+                let p: Vec<f64> = logits
+                    .iter::<f32>()
+                    .map(|z| 1.0 / (1.0 + (-f64::from(z)).exp()))
+                    .collect();
+                let d = RoutingDiagnostics::from_probabilities(&p, a.shape[1]);
                 json!({"module": path, "A": shape(a), "B": shape(b), "module_logits": shape(logits),
                        "discreteness": d.discreteness, "sparsity": d.sparsity, "usage": d.usage})
             }

@@ -1,3 +1,7 @@
 //! One module per subcommand: its clap `Args` and a `run` returning `anyhow::Result`.
 
+pub mod common;
+pub mod data;
+pub mod generate;
 pub mod inspect;
+pub mod score;
