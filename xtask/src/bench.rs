@@ -184,6 +184,17 @@ fn peak_rss_mb() -> Option<f64> {
     Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
 
+/// CPU time (ns) used so far by all threads of this process, from `/proc/self/task/*/schedstat`: unlike the
+/// wall clock, it does not grow when other processes take the cores (the machine may be shared).
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 fn median_ms(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
     let n = times.len();
@@ -262,6 +273,8 @@ impl BackendTask for Bench {
         let a = self.args.clone();
         let p = preset(a.preset);
         let vocab = p.model["vocab_size"].as_u64().context("vocab")? as i64;
+        // torch.manual_seed(0) in the peer: the same seed gives the same numbers run to run.
+        B::seed(&device, 0);
         let model = self.adapted::<B>(&p, &device)?;
         let mut model = self.method().trainable(Stage::Pretrain).apply(model);
         let mut count = Trainable(0);
@@ -297,10 +310,17 @@ impl BackendTask for Bench {
         let train = matches!(a.what, What::Train | What::All);
         if train {
             let mut times = Vec::with_capacity(a.steps);
+            // Forward alone (eager CPU backends finish it before returning; on GPUs it is only the launch time).
+            let mut forward_times = Vec::with_capacity(a.steps);
             let mut last_loss = f64::NAN;
+            let mut cpu_start = None;
             for i in 0..a.warmup + a.steps.max(1) {
+                if i == a.warmup {
+                    cpu_start = cpu_ns();
+                }
                 let t0 = Instant::now();
                 let output = model.forward(src.clone(), mask.clone(), tgt.clone(), &ctx)?;
+                let t_forward = t0.elapsed().as_secs_f64();
                 let grads = GradientsParams::from_grads(output.loss.backward(), &model);
                 let (updated, _) = optim.step(1.0, model, grads);
                 model = updated;
@@ -308,13 +328,19 @@ impl BackendTask for Bench {
                 let dt = t0.elapsed().as_secs_f64();
                 if i >= a.warmup {
                     times.push(dt);
+                    forward_times.push(t_forward);
                 }
                 if i + 1 == a.warmup + a.steps.max(1) {
                     last_loss = output.loss.into_scalar().elem::<f64>();
                 }
             }
+            let cpu = cpu_start
+                .zip(cpu_ns())
+                .map(|(a, b)| round2((b - a) as f64 / 1e6 / times.len() as f64));
             let med = median_ms(times);
             out["step_ms_median"] = json!(round2(med));
+            out["cpu_ms_per_step"] = json!(cpu);
+            out["forward_ms_median"] = json!(round2(median_ms(forward_times)));
             out["tokens_per_s"] = json!((tokens as f64 / (med / 1e3) * 10.0).round() / 10.0);
             out["loss"] = json!(last_loss);
         }

@@ -1,7 +1,7 @@
 //! `--device cpu|wgpu[:N]|cuda[:N]`: which Burn backend runs a command, among those compiled in.
 //!
 //! Library code is generic over `B: AutodiffBackend`; this module is the one place that names concrete
-//! backends, behind the cargo features `ndarray` (default), `wgpu` and `cuda`.
+//! backends, behind the cargo features `flex` and `ndarray` (both default), `wgpu` and `cuda`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,11 +63,11 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// `cpu` is the faster CPU backend compiled in: `ndarray` when built, else `flex` (docs/performance.md).
+    /// `cpu` is the faster CPU backend compiled in: `flex` when built, else `ndarray` (docs/performance.md).
     pub fn resolve(self) -> Self {
         match self {
-            DeviceSpec::Cpu if !cfg!(feature = "ndarray") && cfg!(feature = "flex") => DeviceSpec::Flex,
-            DeviceSpec::Cpu => DeviceSpec::Ndarray,
+            DeviceSpec::Cpu if !cfg!(feature = "flex") && cfg!(feature = "ndarray") => DeviceSpec::Ndarray,
+            DeviceSpec::Cpu => DeviceSpec::Flex,
             other => other,
         }
     }
@@ -91,9 +91,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     v
 }
 
-/// Work that runs on whichever backend the user picked.
-pub trait BackendTask {
-    type Output;
+/// Work that runs on whichever backend the user picked (`Send`: CPU work runs on a worker thread).
+pub trait BackendTask: Send {
+    type Output: Send;
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<Self::Output>;
 }
 
@@ -124,7 +124,11 @@ pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Outp
             #[cfg(feature = "flex")]
             {
                 use burn::backend::{Autodiff, Flex};
-                task.run::<Autodiff<Flex>>(Default::default(), spec)
+                // Run on a worker of a rayon pool: flex's parallel gemm and element-wise kernels then start
+                // on the calling thread instead of handing each call to the global pool and waiting for it
+                // (15-20 % of a small training step; docs/performance.md).
+                let pool = rayon::ThreadPoolBuilder::new().build()?;
+                pool.install(|| task.run::<Autodiff<Flex>>(Default::default(), spec))
             }
             #[cfg(not(feature = "flex"))]
             {

@@ -40,8 +40,13 @@ impl<B: Backend> Lora<B> {
     }
 
     /// `scale · (x A) B` for `x: [n, d_in]`.
+    ///
+    /// The scale multiplies the rank-`r` intermediate `x A` (`r` columns, not `d_out`) and is skipped when it is 1
+    /// (`alpha = r`); for power-of-two scales this is exact.
     pub fn delta(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        x.matmul(self.lora_a.val()).matmul(self.lora_b.val()) * self.scale
+        let u = x.matmul(self.lora_a.val());
+        let u = if self.scale == 1.0 { u } else { u * self.scale };
+        u.matmul(self.lora_b.val())
     }
 
     /// The dense update `scale · A B: [d_in, d_out]`, for merging.

@@ -53,32 +53,48 @@ impl<B: Backend> RoutedLora<B> {
         self.poly_lora_a.dims()
     }
 
-    /// Per-example mixed adapters `A_t: [b, d_in, r]` and `B_t: [b, r, d_out]` for weights `w: [b, h, S]`,
-    /// with one batched matmul per factor over the heads.
+    /// Per-example mixed adapters `A_t: [b, d_in, r]` and `B_t: [b, r, d_out]` for weights `w: [b, h, S]`.
+    ///
+    /// Both come from one matmul each with the block-diagonal weights `W: [b·h, h·S]`
+    /// (`W[(e, q), (q', s)] = w[e, q, s]` when `q' = q`, else 0): `W · A` is `A_t` in its final layout, where a
+    /// matmul batched over the heads gives `[h, b, …]` and a copy to reorder it. The zeros are exact, so the
+    /// sums are those of the per-head mixtures.
     pub fn mix(&self, weights: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [h, s, din_h, r] = self.poly_lora_a.dims();
         let dout_h = self.poly_lora_b.dims()[3];
         let bsz = weights.dims()[0];
-        let per_head = weights.swap_dims(0, 1); // [h, b, S]
-        let a = per_head
+        let w = block_diagonal(weights);
+        let a = w
             .clone()
-            .matmul(self.poly_lora_a.val().reshape([h, s, din_h * r]))
-            .reshape([h, bsz, din_h, r])
-            .swap_dims(0, 1)
+            .matmul(self.poly_lora_a.val().reshape([h * s, din_h * r]))
             .reshape([bsz, h * din_h, r]);
-        let b = per_head
-            .matmul(self.poly_lora_b.val().reshape([h, s, r * dout_h]))
-            .reshape([h, bsz, r, dout_h])
-            .permute([1, 2, 0, 3])
-            .reshape([bsz, r, h * dout_h]);
+        let b = w.matmul(self.poly_lora_b.val().reshape([h * s, r * dout_h]));
+        let b = if h == 1 {
+            b.reshape([bsz, r, dout_h])
+        } else {
+            // [b·h, r·dout_h] → [b, r, h·dout_h]: head q's columns of B_t are block q. A row gather rather than
+            // a 4-d permutation, which the CPU backends copy one element at a time.
+            let index: Vec<i64> = (0..bsz)
+                .flat_map(|e| (0..r).flat_map(move |k| (0..h).map(move |q| ((e * h + q) * r + k) as i64)))
+                .collect();
+            let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [bsz * r * h]), &b.device());
+            b.reshape([bsz * h * r, dout_h])
+                .select(0, index)
+                .reshape([bsz, r, h * dout_h])
+        };
         (a, b)
     }
 
     /// `scale · (x A_t) B_t` for `x: [b, n, d_in]`, each example with its own task's adapter.
+    ///
+    /// The scale is applied to the rank-`r` intermediate (`r` columns instead of `d_out`); for the usual
+    /// power-of-two scales (`1/r`) this is exact.
     pub fn delta(&self, x: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
         let ids = ctx.ids_for_batch(x.dims()[0]);
         let (a, b) = self.mix(self.router.mixing_weights(ids, ctx.mode()));
-        x.matmul(a).matmul(b) * self.scale
+        let u = x.matmul(a);
+        let u = if self.scale == 1.0 { u } else { u * self.scale };
+        u.matmul(b)
     }
 
     /// The dense update `scale · A_t B_t: [d_in, d_out]` of one task under deterministic routing.
@@ -106,4 +122,21 @@ impl<B: Backend> RoutedLora<B> {
             .reshape([r, h * dout_h]);
         Lora::from_tensors(a.detach(), b.detach(), self.scale)
     }
+}
+
+/// `[b, h, S]` weights as the block-diagonal `[b·h, h·S]` matrix whose row `(e, q)` holds `w[e, q, :]` in
+/// columns `q·S..(q + 1)·S` and zeros elsewhere; `[b, S]` itself when `h = 1`.
+pub(crate) fn block_diagonal<B: Backend>(weights: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [b, h, s] = weights.dims();
+    let w = weights.reshape([b * h, s]);
+    if h == 1 {
+        return w;
+    }
+    let mask: Vec<f32> = (0..b * h)
+        .flat_map(|row| (0..h * s).map(move |col| if col / s == row % h { 1.0 } else { 0.0 }))
+        .collect();
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b * h, h * s]), &w.device());
+    // Repeat along a new unit dim: Burn 0.21's `repeat_dim` backward sums the wrong axis when the repeated
+    // dim is longer than 1 (it treats a tiling as an interleave).
+    w.reshape([b * h, 1, s]).repeat_dim(1, h).reshape([b * h, h * s]) * mask
 }

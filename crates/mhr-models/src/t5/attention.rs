@@ -126,11 +126,17 @@ impl<B: Backend> T5Attention<B> {
         })
     }
 
-    /// `[b, t, heads · d_kv]` → `[b, heads, t, d_kv]`
+    /// `[b, t, heads · d_kv]` → `[b, heads, t, d_kv]`, contiguous (see [`swap_row_blocks`]).
     fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         let [b, t, inner] = x.dims();
-        x.reshape([b, t, self.num_heads, inner / self.num_heads])
-            .swap_dims(1, 2)
+        let h = self.num_heads;
+        swap_row_blocks(x.reshape([b, t * h, inner / h]), t, h).reshape([b, h, t, inner / h])
+    }
+
+    /// `[b, heads, t, d_kv]` → `[b, t, heads · d_kv]`
+    fn merge_heads(x: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, h, t, d] = x.dims();
+        swap_row_blocks(x.reshape([b, h * t, d]), h, t).reshape([b, t, h * d])
     }
 
     /// Keys and values `[b, heads, t, d_kv]` of `x: [b, t, d_model]`.
@@ -151,12 +157,28 @@ impl<B: Backend> T5Attention<B> {
         bias: Tensor<B, 4>,
         ctx: &RoutingContext<B>,
     ) -> Tensor<B, 3> {
+        self.attend_biased(x, k, v, Some(&bias), ctx)
+    }
+
+    /// [`Self::attend`] with an optional bias: `None` adds nothing (no position bias, nothing masked).
+    pub(crate) fn attend_biased(
+        &self,
+        x: Tensor<B, 3>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: Option<&Tensor<B, 4>>,
+        ctx: &RoutingContext<B>,
+    ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let q = self.split_heads(self.q.forward(x, ctx));
-        let weights = softmax(q.matmul(k.swap_dims(2, 3)) + bias, 3);
-        let out = weights.matmul(v).swap_dims(1, 2);
-        let inner = self.o.d_in();
-        self.o.forward(out.reshape([b, t, inner]), ctx)
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let scores = match bias {
+            Some(bias) => add_bias(scores, bias),
+            None => scores,
+        };
+        let out = Self::merge_heads(softmax(scores, 3).matmul(v));
+        debug_assert_eq!(out.dims(), [b, t, self.o.d_in()]);
+        self.o.forward(out, ctx)
     }
 
     pub(crate) fn map_sites<E>(self, path: &str, f: &mut SiteFn<'_, B, E>) -> Result<Self, E> {
@@ -168,6 +190,47 @@ impl<B: Backend> T5Attention<B> {
             ..self
         })
     }
+}
+
+/// `scores + bias` for scores `[b, h, t, k]` and a bias of the same shape or `[1, h, t, k]` (shared by the batch).
+///
+/// The shared case is added as `[b, h·t·k] + [1, h·t·k]`: the same sum, but a shape whose broadcast the CPU
+/// backends run as a vectorised row loop, where a 4-d broadcast falls back to a per-element strided walk
+/// (an order of magnitude slower). Other shapes are added as given.
+pub(crate) fn add_bias<B: Backend>(scores: Tensor<B, 4>, bias: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, k] = scores.dims();
+    if b > 1 && bias.dims() == [1, h, t, k] {
+        let n = h * t * k;
+        (scores.reshape([b, n]) + bias.clone().reshape([1, n])).reshape([b, h, t, k])
+    } else {
+        scores + bias.clone()
+    }
+}
+
+/// Rows `[b, x·y, d]` in `(x, y)` order → the same rows in `(y, x)` order, i.e. dims 1 and 2 of
+/// `[b, x, y, d]` swapped and made contiguous: splitting and merging attention heads.
+///
+/// Done as a row gather (`select`) rather than `swap_dims` + `reshape`: the CPU backends copy a 4-d
+/// permutation one element at a time through a strided index (several ns per element, and it happens once
+/// per head split in the backward pass), while `select` copies whole `d`-wide rows and its backward is a
+/// row scatter. The values are moved, never changed.
+pub(crate) fn swap_row_blocks<B: Backend>(rows: Tensor<B, 3>, x: usize, y: usize) -> Tensor<B, 3> {
+    let [b, n, d] = rows.dims();
+    debug_assert_eq!(n, x * y);
+    if x == 1 || y == 1 {
+        return rows;
+    }
+    let index: Vec<i64> = (0..b)
+        .flat_map(|e| (0..y).flat_map(move |j| (0..x).map(move |i| ((e * x + i) * y + j) as i64)))
+        .collect();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [b * n]), &rows.device());
+    rows.reshape([b * n, d]).select(0, index).reshape([b, n, d])
+}
+
+/// A `[b, 1, 1, k]` padding bias spread to `[b, heads, t, k]` by copying rows, so that adding it to scores
+/// is a same-shape add (see [`add_bias`]).
+pub(crate) fn spread_mask<B: Backend>(mask_bias: &Tensor<B, 4>, heads: usize, t: usize) -> Tensor<B, 4> {
+    mask_bias.clone().repeat_dim(2, t).repeat_dim(1, heads)
 }
 
 /// Base-model parameters are frozen on creation, as [`AdaptedLinear`] freezes its weight; unfreeze them with

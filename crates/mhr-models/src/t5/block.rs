@@ -27,10 +27,10 @@ pub struct T5LayerCrossAttention<B: Backend> {
 }
 
 /// What a decoder block attends to besides itself: the encoder output, its -1e9 padding mask
-/// `[b, 1, 1, s]`, and the layer's key/value cache.
+/// `[b, heads, t, s]` (`None` when nothing is padded), and the layer's key/value cache.
 pub(crate) struct CrossInput<'a, B: Backend> {
     pub encoder_hidden: &'a Tensor<B, 3>,
-    pub bias: &'a Tensor<B, 4>,
+    pub bias: Option<&'a Tensor<B, 4>>,
     pub cache: &'a mut LayerCache<B>,
 }
 
@@ -83,12 +83,12 @@ impl<B: Backend> T5Block<B> {
         format!("{path}.layer.{}", if is_decoder { 2 } else { 1 })
     }
 
-    /// `x: [b, t, d_model]`; `self_bias` broadcasts to `[b, heads, t, t_k]`. Decoder blocks get `cross`, whose
+    /// `x: [b, t, d_model]`; `self_bias` is `[1 or b, heads, t, t_k]` (`None`: nothing to add). Decoder blocks get `cross`, whose
     /// cache receives this step's self-attention keys and values (and the cross-attention ones, once).
     pub(crate) fn forward(
         &self,
         x: Tensor<B, 3>,
-        self_bias: Tensor<B, 4>,
+        self_bias: Option<&Tensor<B, 4>>,
         cross: Option<CrossInput<'_, B>>,
         ctx: &RoutingContext<B>,
     ) -> Tensor<B, 3> {
@@ -99,13 +99,13 @@ impl<B: Backend> T5Block<B> {
         if let Some(cross) = cross.as_mut() {
             (k, v) = cross.cache.append_self_attention(k, v);
         }
-        let mut x = x + attention.attend(normed, k, v, self_bias, ctx);
+        let mut x = x + attention.attend_biased(normed, k, v, self_bias, ctx);
         if let (Some(layer), Some(cross)) = (&self.cross_attention, cross) {
             let normed = layer.layer_norm.forward(x.clone());
             let (k, v) = cross
                 .cache
                 .cross_attention(|| layer.attention.project_kv(cross.encoder_hidden.clone(), ctx));
-            x = x + layer.attention.attend(normed, k, v, cross.bias.clone(), ctx);
+            x = x + layer.attention.attend_biased(normed, k, v, cross.bias, ctx);
         }
         self.ff.forward(x, ctx)
     }

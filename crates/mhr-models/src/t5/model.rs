@@ -40,8 +40,9 @@ pub struct T5ForConditionalGeneration<B: Backend> {
 pub struct EncoderOutput<B: Backend> {
     last_hidden_state: Tensor<B, 3>,
     attention_mask: Tensor<B, 2, Int>,
-    /// `[b, 1, 1, s]`: 0 for real tokens, -1e9 for padding.
-    mask_bias: Tensor<B, 4>,
+    /// `[b, 1, 1, s]`: 0 for real tokens, -1e9 for padding; `None` when no token is padding (adding zeros
+    /// changes nothing, and costs a pass over every attention score).
+    mask_bias: Option<Tensor<B, 4>>,
 }
 
 impl<B: Backend> EncoderOutput<B> {
@@ -69,7 +70,7 @@ impl<B: Backend> EncoderOutput<B> {
         Self {
             last_hidden_state: self.last_hidden_state.clone().select(0, rows.clone()),
             attention_mask: self.attention_mask.clone().select(0, rows.clone()),
-            mask_bias: self.mask_bias.clone().select(0, rows),
+            mask_bias: self.mask_bias.as_ref().map(|m| m.clone().select(0, rows)),
         }
     }
 }
@@ -169,10 +170,8 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
                 found: attention_mask.dims().to_vec(),
             });
         }
-        if let Some(v) = host_ints(&attention_mask)
-            .into_iter()
-            .find(|v| *v != 0 && *v != 1)
-        {
+        let mask_values = host_ints(&attention_mask);
+        if let Some(&v) = mask_values.iter().find(|v| **v != 0 && **v != 1) {
             return Err(ModelError::InvalidInput {
                 name: "attention_mask",
                 reason: format!("holds {v}, not 0 or 1"),
@@ -180,8 +179,12 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         }
         self.check_routing(ctx, b)?;
         let s = attention_mask.dims()[1];
-        let mask_bias = (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, s]) * MASKED;
-        let last_hidden_state = self.encoder.encode(self.embed(input_ids), mask_bias.clone(), ctx);
+        let mask_bias = mask_values
+            .contains(&0)
+            .then(|| (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, s]) * MASKED);
+        let last_hidden_state = self
+            .encoder
+            .encode(self.embed(input_ids), mask_bias.as_ref(), ctx);
         Ok(EncoderOutput {
             last_hidden_state,
             attention_mask,
@@ -213,7 +216,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         let hidden = self.decoder.decode(
             self.embed(tokens),
             &encoder.last_hidden_state,
-            &encoder.mask_bias,
+            encoder.mask_bias.as_ref(),
             cache,
             ctx,
         );

@@ -6,6 +6,7 @@ use crate::error::ModelError;
 use crate::generation::DecoderCache;
 use crate::loader::WeightSource;
 use crate::t5::SiteFn;
+use crate::t5::attention::{add_bias, spread_mask};
 use crate::t5::block::{CrossInput, T5Block};
 use crate::t5::layer_norm::T5LayerNorm;
 
@@ -70,53 +71,77 @@ impl<B: Backend> T5Stack<B> {
         Some(bias.forward(q_start, q_len, k_len))
     }
 
-    /// Encoder: `x: [b, s, d_model]` embedded tokens, `mask_bias: [b, 1, 1, s]` (0 or -1e9 per key).
+    fn num_heads(&self) -> usize {
+        self.block
+            .first()
+            .map_or(1, |block| block.self_attention.attention.num_heads)
+    }
+
+    /// Encoder: `x: [b, s, d_model]` embedded tokens, `mask_bias: [b, 1, 1, s]` (0 or -1e9 per key), `None`
+    /// when no token is padding.
+    ///
+    /// The self-attention bias is built once for all blocks: `[1, heads, s, s]` without padding, else
+    /// `[b, heads, s, s]`, so that every block adds it without a 4-d broadcast.
     pub(crate) fn encode(
         &self,
         x: Tensor<B, 3>,
-        mask_bias: Tensor<B, 4>,
+        mask_bias: Option<&Tensor<B, 4>>,
         ctx: &RoutingContext<B>,
     ) -> Tensor<B, 3> {
         let s = x.dims()[1];
-        let bias = match self.position_bias(0, s, s) {
-            Some(position) => position + mask_bias,
-            None => mask_bias,
+        let position = self.position_bias(0, s, s);
+        let mask = mask_bias.map(|m| spread_mask(m, self.num_heads(), s));
+        let bias = match (position, mask) {
+            (Some(position), Some(mask)) => Some(add_bias(mask, &position)),
+            (position, mask) => position.or(mask),
         };
         let x = self
             .block
             .iter()
-            .fold(x, |x, block| block.forward(x, bias.clone(), None, ctx));
+            .fold(x, |x, block| block.forward(x, bias.as_ref(), None, ctx));
         self.final_layer_norm.forward(x)
     }
 
     /// Decoder over the positions `cache.len()..cache.len() + t` of `x: [b, t, d_model]`, attending causally to
-    /// themselves and the cached positions, and to the encoder output (padding masked by `cross_bias`).
+    /// themselves and the cached positions, and to the encoder output (padding masked by `cross_bias`
+    /// `[b, 1, 1, s]`, `None` when nothing is padded).
     pub(crate) fn decode(
         &self,
         x: Tensor<B, 3>,
         encoder_hidden: &Tensor<B, 3>,
-        cross_bias: &Tensor<B, 4>,
+        cross_bias: Option<&Tensor<B, 4>>,
         cache: &mut DecoderCache<B>,
         ctx: &RoutingContext<B>,
     ) -> Tensor<B, 3> {
         let (start, t) = (cache.len(), x.dims()[1]);
         let k_len = start + t;
-        let causal: Vec<f32> = (start..k_len)
-            .flat_map(|q| (0..k_len).map(move |k| if k > q { MASKED } else { 0.0 }))
-            .collect();
-        let causal = Tensor::<B, 4>::from_data(TensorData::new(causal, [1, 1, t, k_len]), &x.device());
-        let bias = match self.position_bias(start, t, k_len) {
-            Some(position) => position + causal,
-            None => causal,
+        // The last query sees every key: a single new position needs no causal mask.
+        let causal = (t > 1).then(|| {
+            let causal: Vec<f32> = (start..k_len)
+                .flat_map(|q| (0..k_len).map(move |k| if k > q { MASKED } else { 0.0 }))
+                .collect();
+            Tensor::<B, 4>::from_data(TensorData::new(causal, [1, 1, t, k_len]), &x.device())
+        });
+        let bias = match (self.position_bias(start, t, k_len), causal) {
+            // `[h, t·k] + [1, t·k]`: a row broadcast (see `add_bias`).
+            (Some(position), Some(causal)) => {
+                let h = position.dims()[1];
+                Some(
+                    (position.reshape([h, t * k_len]) + causal.reshape([1, t * k_len]))
+                        .reshape([1, h, t, k_len]),
+                )
+            }
+            (position, causal) => position.or(causal),
         };
+        let cross_bias = cross_bias.map(|m| spread_mask(m, self.num_heads(), t));
         let layers = cache.layers_mut(self.block.len());
         let x = self.block.iter().zip(layers).fold(x, |x, (block, layer_cache)| {
             let cross = CrossInput {
                 encoder_hidden,
-                bias: cross_bias,
+                bias: cross_bias.as_ref(),
                 cache: layer_cache,
             };
-            block.forward(x, bias.clone(), Some(cross), ctx)
+            block.forward(x, bias.as_ref(), Some(cross), ctx)
         });
         cache.advance(t);
         self.final_layer_norm.forward(x)
