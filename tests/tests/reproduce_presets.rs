@@ -69,6 +69,34 @@ fn synthetic_preset_runs_and_scores_routing() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("routing.json")).unwrap()).unwrap();
     let rho = routing["spearman_routing_vs_truth"]["mhr"].as_f64().unwrap();
     assert!((-1.0..=1.0).contains(&rho), "{rho}");
+    // Figures: routing beside the ground truth per routed method, alignment per pre-trained family, curves.
+    for figure in [
+        "routing_mhr_seed0.svg",
+        "alignment_mhr_seed0.svg",
+        "alignment_lora-r16_seed0.svg",
+        "learning_curves.svg",
+    ] {
+        let svg = std::fs::read_to_string(out.path().join(figure)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{figure}"
+        );
+    }
+    // Each task's gradient is perfectly aligned with itself.
+    let alignment: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("alignment.json")).unwrap()).unwrap();
+    let cosine = alignment["mhr/seed0"]["cosine"].as_array().unwrap();
+    assert_eq!(cosine.len(), 8);
+    for (i, row) in cosine.iter().enumerate() {
+        let row: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!((row[i] - 1.0).abs() < 1e-6, "diagonal {}", row[i]);
+        assert!(row.iter().all(|c| (-1.0 - 1e-6..=1.0 + 1e-6).contains(c)));
+    }
     // The base model is cached: a second run with the same settings loads it instead of training.
     assert!(out.path().join("base-seed0/model.mpk").exists());
 }

@@ -1,5 +1,6 @@
 //! The paper's experiments end to end (`cargo xtask reproduce`): presets, result rows and reports.
 
+pub mod plots;
 mod report;
 pub mod smoke;
 pub mod synthetic;

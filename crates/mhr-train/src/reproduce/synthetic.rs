@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::alignment::gradient_alignment;
 use crate::batch::TokenizedExample;
 use crate::data::{Generated, ShuffledEpochs, mix};
 use crate::error::TrainError;
@@ -28,6 +29,7 @@ use crate::eval::{exact_match_teacher_forced, fraction};
 use crate::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
 use crate::metrics::spearman;
 use crate::optim::OptimConfig;
+use crate::reproduce::plots::{self, Heatmap};
 use crate::reproduce::report::{ResultRow, Results, write_results};
 use crate::schedule::Schedule;
 use crate::trainer::{RunOptions, TrainConfig, train, write_json};
@@ -366,10 +368,9 @@ fn routing_matrix<B: Backend>(model: &Model<B>, n_tasks: usize) -> Vec<Vec<f32>>
     rows
 }
 
-/// Spearman ρ between the cosine similarity of mean-centred routing rows and the number of shared skills,
-/// over all pairs of `tasks` (the prototype's permutation-invariant check).
-fn routing_vs_truth(rows: &[Vec<f32>], suite: &SyntheticSuite, tasks: &[usize]) -> Option<f64> {
-    let d = rows.first()?.len();
+/// Cosine similarity of the mean-centred routing rows of `tasks`, pair by pair (`[n, n]`).
+fn routing_similarity(rows: &[Vec<f32>], tasks: &[usize]) -> Vec<Vec<f64>> {
+    let d = rows.first().map_or(0, Vec::len);
     let mean: Vec<f64> = (0..d)
         .map(|j| tasks.iter().map(|&t| rows[t][j] as f64).sum::<f64>() / tasks.len() as f64)
         .collect();
@@ -381,21 +382,136 @@ fn routing_vs_truth(rows: &[Vec<f32>], suite: &SyntheticSuite, tasks: &[usize]) 
             v.into_iter().map(|x| x / norm).collect()
         })
         .collect();
-    let (mut sims, mut shared) = (Vec::new(), Vec::new());
-    for i in 0..tasks.len() {
-        for j in i + 1..tasks.len() {
-            sims.push(
-                centred[i]
-                    .iter()
-                    .zip(&centred[j])
-                    .map(|(a, b)| a * b)
-                    .sum::<f64>(),
-            );
-            shared.push(suite.tasks()[tasks[i]].shared_skills(&suite.tasks()[tasks[j]]) as f64);
+    centred
+        .iter()
+        .map(|a| {
+            centred
+                .iter()
+                .map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum())
+                .collect()
+        })
+        .collect()
+}
+
+/// Number of ground-truth skills each pair of `tasks` shares (`[n, n]`).
+fn shared_skills(suite: &SyntheticSuite, tasks: &[usize]) -> Vec<Vec<f64>> {
+    let all = suite.tasks();
+    tasks
+        .iter()
+        .map(|&i| {
+            tasks
+                .iter()
+                .map(|&j| all[i].shared_skills(&all[j]) as f64)
+                .collect()
+        })
+        .collect()
+}
+
+/// The learned routing of the training tasks and what it is compared with.
+struct RoutingComparison {
+    /// Per task, its mixing weights over all layers (see [`routing_matrix`]).
+    rows: Vec<Vec<f32>>,
+    similarity: Vec<Vec<f64>>,
+    shared: Vec<Vec<f64>>,
+}
+
+impl RoutingComparison {
+    fn new(rows: Vec<Vec<f32>>, suite: &SyntheticSuite, tasks: &[usize]) -> Self {
+        Self {
+            similarity: routing_similarity(&rows, tasks),
+            shared: shared_skills(suite, tasks),
+            rows,
         }
     }
-    spearman(&sims, &shared)
+
+    /// Spearman ρ between routing similarity and the number of shared skills over all pairs `i < j`
+    /// (the prototype's permutation-invariant check).
+    fn spearman(&self) -> Option<f64> {
+        let pairs = |m: &[Vec<f64>]| -> Vec<f64> {
+            (0..m.len())
+                .flat_map(|i| (i + 1..m.len()).map(move |j| (i, j)))
+                .map(|(i, j)| m[i][j])
+                .collect()
+        };
+        spearman(&pairs(&self.similarity), &pairs(&self.shared))
+    }
+
+    /// The learned routing of the training tasks (mixing weights averaged over layers and heads, per skill
+    /// slot) beside the ground-truth task → skill matrix, and the task × task routing similarity beside the
+    /// number of shared ground-truth skills (what the Spearman ρ compares).
+    fn write_figure(
+        &self,
+        path: &Path,
+        method: &str,
+        n_skills: usize,
+        suite: &SyntheticSuite,
+        tasks: &[usize],
+    ) -> Result<(), TrainError> {
+        let names: Vec<String> = tasks
+            .iter()
+            .map(|&t| suite.tasks()[t].name().to_string())
+            .collect();
+        let learned: Vec<Vec<f64>> = tasks
+            .iter()
+            .map(|&t| {
+                let row = &self.rows[t];
+                let groups = (row.len() / n_skills.max(1)).max(1) as f64;
+                (0..n_skills)
+                    .map(|s| {
+                        row.iter()
+                            .skip(s)
+                            .step_by(n_skills)
+                            .map(|&w| w as f64)
+                            .sum::<f64>()
+                            / groups
+                    })
+                    .collect()
+            })
+            .collect();
+        let truth = suite.ground_truth();
+        let truth: Vec<Vec<f64>> = tasks
+            .iter()
+            .map(|&t| truth[t].iter().map(|&v| f64::from(v)).collect())
+            .collect();
+        let slots: Vec<String> = (0..n_skills).map(|s| format!("slot {s}")).collect();
+        let skills: Vec<String> = Skill::ALL.iter().map(|s| s.name().to_string()).collect();
+        let learned_title = format!("{method}: learned routing");
+        let similarity_title = format!("{method}: routing similarity");
+        plots::write_heatmaps(
+            path,
+            &[
+                Heatmap {
+                    title: &learned_title,
+                    row_labels: &names,
+                    col_labels: &slots,
+                    values: &learned,
+                },
+                Heatmap {
+                    title: "ground truth: task → skill",
+                    row_labels: &names,
+                    col_labels: &skills,
+                    values: &truth,
+                },
+                Heatmap {
+                    title: &similarity_title,
+                    row_labels: &names,
+                    col_labels: &names,
+                    values: &self.similarity,
+                },
+                Heatmap {
+                    title: "shared ground-truth skills",
+                    row_labels: &names,
+                    col_labels: &names,
+                    values: &self.shared,
+                },
+            ],
+        )
+    }
 }
+
+/// Tasks whose per-task gradients are compared (the first training tasks), and examples per task.
+const ALIGNMENT_TASKS: usize = 8;
+const ALIGNMENT_EXAMPLES: usize = 16;
 
 /// Runs the preset on backend `B`, writing everything under `out`.
 pub fn run<B: AutodiffBackend>(
@@ -418,6 +534,7 @@ where
     let mut rows = Vec::new();
     let mut spearman_rows = std::collections::BTreeMap::new();
     let mut curves: Vec<(String, Vec<(usize, f64)>)> = Vec::new();
+    let mut alignment = std::collections::BTreeMap::new();
     for &seed in &settings.seeds {
         let clock = Instant::now();
         let split = suite.split(seed);
@@ -485,8 +602,38 @@ where
                 },
             )?;
             curves.push((format!("{family} (seed {seed})"), outcome.losses.clone()));
+            let probe: Vec<(String, Vec<TokenizedExample>)> = split
+                .train
+                .iter()
+                .take(ALIGNMENT_TASKS)
+                .map(|&t| {
+                    let task = &suite.tasks()[t];
+                    let examples = task_examples(task, ALIGNMENT_EXAMPLES, mix(seed, 4242 + t as u64))?;
+                    Ok((task.name().to_string(), examples))
+                })
+                .collect::<Result<_, TrainError>>()?;
+            let aligned = gradient_alignment(&model, &probe, false)?;
+            plots::write_heatmaps(
+                &out.join(format!("alignment_{family}_seed{seed}.svg")),
+                &[Heatmap {
+                    title: &format!("{family}: gradient alignment (cosine)"),
+                    row_labels: &aligned.tasks,
+                    col_labels: &aligned.tasks,
+                    values: &aligned.cosine,
+                }],
+            )?;
+            alignment.insert(format!("{family}/seed{seed}"), aligned);
             if method.is_routed() {
-                let rho = routing_vs_truth(&routing_matrix(&model.valid(), n_tasks), &suite, &split.train);
+                let routing =
+                    RoutingComparison::new(routing_matrix(&model.valid(), n_tasks), &suite, &split.train);
+                let rho = routing.spearman();
+                routing.write_figure(
+                    &out.join(format!("routing_{}_seed{seed}.svg", method.name())),
+                    method.name(),
+                    settings.n_skills,
+                    &suite,
+                    &split.train,
+                )?;
                 spearman_rows.insert(format!("{}/seed{seed}", method.name()), rho.unwrap_or(f64::NAN));
                 eprintln!(
                     "seed {seed}: {} routing vs ground truth, Spearman ρ = {:.3}",
@@ -585,6 +732,13 @@ where
         &serde_json::json!({"spearman_routing_vs_truth": spearman_by_method, "per_seed": spearman_rows}),
     )?;
     write_json(&out.join("learning_curves.json"), &curves)?;
+    plots::write_line_chart(
+        &out.join("learning_curves.svg"),
+        "multi-task pre-training (stage 2)",
+        "training loss",
+        &curves,
+    )?;
+    write_json(&out.join("alignment.json"), &alignment)?;
     let note = "Reference: the PyTorch + peft prototype of this suite (`../shared/SYNTHETIC.md`, mean over 10 held-out \
                 tasks and 2 seeds; its held-out tasks per seed differ from ours, as Python's RNG differs from ours).";
     let markdown = write_results(out, &results, &METHODS, &REFERENCE, note)?;
