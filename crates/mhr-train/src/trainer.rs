@@ -8,6 +8,7 @@
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
@@ -24,7 +25,7 @@ use crate::checkpoint::Checkpointer;
 use crate::data::{StepData, mix};
 use crate::error::TrainError;
 use crate::losses::label_smoothed_nll;
-use crate::optim::{OptimConfig, TwoSpeedAdamW, TwoSpeedRecord};
+use crate::optim::{OptimConfig, StageOptimizer, TwoSpeedRecord};
 use crate::schedule::Schedule;
 
 /// One stage's settings.
@@ -70,6 +71,9 @@ pub struct TrainOutcome {
     /// `(step, loss)` at every logged step.
     pub losses: Vec<(usize, f64)>,
     pub tokens_per_s: f64,
+    /// The run stopped early because [`RunOptions::interrupt`] was raised; `steps` are done and, with a
+    /// run directory, checkpointed, so a resume continues exactly.
+    pub interrupted: bool,
 }
 
 /// Where a stage runs and how far.
@@ -82,6 +86,9 @@ pub struct RunOptions<'a> {
     pub stop_after: Option<usize>,
     /// Name in progress output and metrics.
     pub label: &'a str,
+    /// Checked between optimiser steps: once true, the run checkpoints the steps done and returns with
+    /// [`TrainOutcome::interrupted`] (set by [`crate::interrupt::sigint_flag`] on Ctrl-C, or by a test).
+    pub interrupt: Option<&'a AtomicBool>,
 }
 
 /// A run directory: `config.json`, `metrics.jsonl`, `checkpoints/`.
@@ -135,7 +142,7 @@ impl RunDir {
 }
 
 type Model<B> = T5ForConditionalGeneration<B>;
-type Optim<B> = TwoSpeedAdamW<B, Model<B>>;
+type Optim<B> = StageOptimizer<B, Model<B>>;
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
     NamedMpkBytesRecorder::default()
@@ -145,15 +152,19 @@ fn save_checkpoint<B: AutodiffBackend>(
     run: &RunDir,
     step: usize,
     model: &Model<B>,
-    optim: &TwoSpeedAdamW<B, Model<B>>,
+    optim: &Optim<B>,
 ) -> Result<(), TrainError> {
     let rec = |e: burn::record::RecorderError| TrainError::Checkpoint(e.to_string());
     let model_bytes = Recorder::<B>::record(&recorder(), model.clone().into_record(), ()).map_err(rec)?;
-    let optim_bytes = Recorder::<B>::record(&recorder(), optim.to_record(), ()).map_err(rec)?;
+    let optim_bytes = match optim {
+        StageOptimizer::AdamW(o) => Recorder::<B>::record(&recorder(), o.to_record(), ()),
+        StageOptimizer::Adafactor(o) => Recorder::<B>::record(&recorder(), o.to_record(), ()),
+    }
+    .map_err(rec)?;
     run.checkpoints().save(
         step,
         &[("model.mpk", &model_bytes), ("optim.mpk", &optim_bytes)],
-        serde_json::json!({ "step": step }),
+        serde_json::json!({ "step": step, "optimizer": optim.kind().name() }),
     )
 }
 
@@ -171,16 +182,39 @@ pub fn resume<B: AutodiffBackend>(
         None => None,
     };
     let Some(checkpoint) = checkpoint else {
-        let optim = TwoSpeedAdamW::new(config.clone(), &model);
+        let optim = StageOptimizer::new(config.clone(), &model);
         return Ok((model, optim, 0));
     };
+    // Checkpoints from before the optimiser choice existed were all AdamW.
+    let saved = checkpoint
+        .state
+        .get("optimizer")
+        .and_then(|v| v.as_str())
+        .unwrap_or("adamw");
+    if saved != config.optimizer.name() {
+        return Err(TrainError::Config(format!(
+            "optimizer = \"{}\" but the checkpoint of step {} was written by {saved}; resume with the same optimizer",
+            config.optimizer.name(),
+            checkpoint.step
+        )));
+    }
     let rec = |e: burn::record::RecorderError| TrainError::Checkpoint(e.to_string());
     let model_record =
         Recorder::<B>::load(&recorder(), checkpoint.file("model.mpk")?.to_vec(), device).map_err(rec)?;
     let model = model.load_record(model_record);
-    let optim_record: TwoSpeedRecord<B, Model<B>> =
-        Recorder::<B>::load(&recorder(), checkpoint.file("optim.mpk")?.to_vec(), device).map_err(rec)?;
-    let optim = TwoSpeedAdamW::new(config.clone(), &model).load_record(optim_record);
+    let optim_bytes = checkpoint.file("optim.mpk")?.to_vec();
+    let optim = match StageOptimizer::new(config.clone(), &model) {
+        StageOptimizer::AdamW(o) => {
+            let record: TwoSpeedRecord<B, Model<B>, _> =
+                Recorder::<B>::load(&recorder(), optim_bytes, device).map_err(rec)?;
+            StageOptimizer::AdamW(o.load_record(record))
+        }
+        StageOptimizer::Adafactor(o) => {
+            let record: TwoSpeedRecord<B, Model<B>, _> =
+                Recorder::<B>::load(&recorder(), optim_bytes, device).map_err(rec)?;
+            StageOptimizer::Adafactor(o.load_record(record))
+        }
+    };
     Ok((model, optim, checkpoint.step))
 }
 
@@ -191,7 +225,8 @@ pub fn device_of<B: Backend, M: Module<B>>(model: &M) -> B::Device {
 
 /// Trains `model` (with `require_grad` already set by the method's [`mhr_core::TrainableSet`]) for
 /// `config.steps` optimiser steps. With a run directory, metrics go to `metrics.jsonl`, checkpoints are
-/// written every `checkpoint_every` steps and at the end, and an existing checkpoint is resumed from.
+/// written every `checkpoint_every` steps, at the end and on interrupt, and an existing checkpoint is resumed
+/// from.
 pub fn train<B: AutodiffBackend>(
     model: Model<B>,
     data: &dyn StepData,
@@ -221,7 +256,20 @@ where
     let progress = Progress::new(label, config.steps, start);
     let mut losses = Vec::new();
     let (mut tokens, clock) = (0usize, Instant::now());
+    let mut last_saved = (start > 0).then_some(start);
+    let mut steps_done = end;
+    let mut interrupted = false;
     for step in start..end {
+        if options.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            if let Some(run) = run
+                && last_saved != Some(step)
+            {
+                save_checkpoint(run, step, &model, &optim)?;
+            }
+            progress.interrupted(step);
+            (steps_done, interrupted) = (step, true);
+            break;
+        }
         // Per-step seed: the routing noise of a step does not depend on where the run was resumed.
         B::seed(&device, mix(config.seed, step as u64));
         let mut accumulator = GradientsAccumulator::<Model<B>>::new();
@@ -270,6 +318,7 @@ where
             let periodic = config.checkpoint_every > 0 && done.is_multiple_of(config.checkpoint_every);
             if periodic || done == end {
                 save_checkpoint(run, done, &model, &optim)?;
+                last_saved = Some(done);
             }
         }
     }
@@ -278,9 +327,10 @@ where
     Ok((
         model,
         TrainOutcome {
-            steps: end,
+            steps: steps_done,
             losses,
             tokens_per_s,
+            interrupted,
         },
     ))
 }
@@ -328,6 +378,15 @@ impl Progress {
                     );
                 }
             }
+        }
+    }
+
+    fn interrupted(&self, step: usize) {
+        let message = format!("{}: interrupted after step {step}/{}", self.label, self.total);
+        match &self.bar {
+            Some(bar) => bar.println(message),
+            None if self.label.is_empty() => {}
+            None => eprintln!("{message}"),
         }
     }
 
