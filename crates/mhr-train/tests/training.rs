@@ -600,3 +600,88 @@ fn sigint_checkpoints_and_exits_cleanly() {
         .unwrap();
     assert_eq!(latest.step, steps, "the checkpoint holds exactly the steps done");
 }
+
+#[test]
+fn rank_classification_scores_choices_by_mean_log_likelihood() {
+    use mhr_core::RoutingContext;
+    use mhr_data::EncodedChoices;
+    use mhr_train::eval::rank_classification;
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let model = adapted(Method::Mhr);
+    // Choices of 1 to 3 tokens (eos included), so batches pad them to different lengths.
+    let examples: Vec<EncodedChoices> = (0..6u32)
+        .map(|i| EncodedChoices {
+            input_ids: vec![3 + i, 5 + i, 1],
+            choices: (0..2 + i as usize % 3)
+                .map(|c| {
+                    let mut ids: Vec<u32> = (0..c as u32 % 4)
+                        .map(|k| 4 + (i + 3 * k + c as u32) % 19)
+                        .collect();
+                    ids.push(1);
+                    ids
+                })
+                .collect(),
+            gold: i as usize % 2,
+            task_id: i as usize % 4,
+        })
+        .collect();
+    let ranked = rank_classification(&model, &examples, 4).unwrap();
+
+    // Independently: one forward pass per (example, choice), log-softmax on the host.
+    let device = Default::default();
+    let mut predictions = Vec::new();
+    for (e, example) in examples.iter().enumerate() {
+        let mut expected = Vec::new();
+        for choice in &example.choices {
+            let ids = |v: &[u32]| {
+                Tensor::<A, 2, Int>::from_data(
+                    TensorData::new(v.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, v.len()]),
+                    &device,
+                )
+            };
+            let ctx = RoutingContext::new(
+                Tensor::<A, 1, Int>::from_data([example.task_id as i64], &device),
+                mhr_core::RoutingMode::Deterministic,
+            );
+            let mask = Tensor::<A, 2, Int>::ones([1, example.input_ids.len()], &device);
+            let out = model
+                .forward(ids(&example.input_ids), mask, ids(choice), &ctx)
+                .unwrap();
+            let logits: Vec<f32> = out.logits.into_data().iter::<f32>().collect();
+            let vocab = logits.len() / choice.len();
+            let loglik: f64 = choice
+                .iter()
+                .enumerate()
+                .map(|(pos, &label)| {
+                    let row = &logits[pos * vocab..(pos + 1) * vocab];
+                    let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+                    let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+                    row[label as usize] as f64 - max - z.ln()
+                })
+                .sum();
+            expected.push(loglik / choice.len() as f64);
+        }
+        for (got, want) in ranked.scores[e].iter().zip(&expected) {
+            assert!((got - want).abs() < 1e-4, "example {e}: {got} vs {want}");
+        }
+        assert_eq!(ranked.scores[e].len(), expected.len());
+        let best = (0..expected.len())
+            .max_by(|&a, &b| expected[a].total_cmp(&expected[b]).then(b.cmp(&a)))
+            .unwrap();
+        predictions.push(best);
+    }
+    assert_eq!(ranked.predictions, predictions);
+    let correct = predictions
+        .iter()
+        .zip(&examples)
+        .filter(|(p, e)| **p == e.gold)
+        .count();
+    assert_eq!(ranked.accuracy, correct as f64 / examples.len() as f64);
+
+    let bad = vec![EncodedChoices {
+        gold: 5,
+        ..examples[0].clone()
+    }];
+    let err = rank_classification(&model, &bad, 4).unwrap_err().to_string();
+    assert!(err.contains("example 0") && err.contains("gold index 5"), "{err}");
+}
