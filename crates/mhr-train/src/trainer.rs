@@ -54,6 +54,35 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
 }
 
+impl TrainConfig {
+    /// Reads a stage's settings from a `.toml` or `.json` file; an unknown or missing key is an error
+    /// naming it, with the file.
+    pub fn from_path(path: &Path) -> Result<Self, TrainError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
+        let parsed = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => toml::from_str(&text).map_err(|e| one_line_toml_error(&text, &e)),
+            Some("json") => serde_json::from_str(&text).map_err(|e| e.to_string()),
+            _ => Err("expected a .toml or .json training config".to_string()),
+        };
+        parsed.map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// serde_json's style (`message at line L column C`) for toml's multi-line, source-quoting report.
+fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{message} at line {line} column {column}")
+        }
+        None => message.to_string(),
+    }
+}
+
 fn one() -> usize {
     1
 }
@@ -401,4 +430,122 @@ impl Progress {
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Io(e.to_string()))?;
     mhr_core::io::write_atomic(path, &bytes).map_err(TrainError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::OptimizerKind;
+
+    const TOML: &str = r#"
+steps = 1000
+batch_size = 8
+seed = 3
+log_every = 50
+
+[optim]
+optimizer = "adafactor"
+lr = 3e-3
+routing_lr = 0.1
+weight_decay = 0.0
+routing_weight_decay = 0.0
+max_grad_norm = 1.0
+epsilon = 1e-8
+
+[schedule]
+kind = "linear"
+warmup_fraction = 0.06
+floor = 0.0
+"#;
+
+    /// The T0 few-shot stage of PAPER.md §2.4, as the TOML above spells it.
+    fn t0_few_shot() -> TrainConfig {
+        TrainConfig {
+            steps: 1000,
+            batch_size: 8,
+            grad_accumulation: 1,
+            optim: OptimConfig {
+                optimizer: OptimizerKind::Adafactor,
+                lr: 3e-3,
+                routing_lr: 0.1,
+                weight_decay: 0.0,
+                routing_weight_decay: 0.0,
+                max_grad_norm: 1.0,
+                epsilon: 1e-8,
+                scale_parameter: false,
+            },
+            schedule: Schedule::Linear {
+                warmup_fraction: 0.06,
+                floor: 0.0,
+            },
+            seed: 3,
+            label_smoothing: 0.0,
+            sampled_routing: true,
+            log_every: 50,
+            checkpoint_every: 0,
+        }
+    }
+
+    fn load(dir: &Path, name: &str, text: &str) -> Result<TrainConfig, TrainError> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TrainConfig::from_path(&path)
+    }
+
+    #[test]
+    fn loads_toml_and_json_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path(), "t0.toml", TOML).unwrap(), t0_few_shot());
+        let json = serde_json::to_string(&t0_few_shot()).unwrap();
+        assert_eq!(load(dir.path(), "t0.json", &json).unwrap(), t0_few_shot());
+        // AdamW is the default optimiser.
+        let adamw = TOML.replace("optimizer = \"adafactor\"\n", "");
+        assert_eq!(
+            load(dir.path(), "sni.toml", &adamw).unwrap().optim.optimizer,
+            OptimizerKind::AdamW
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("top.toml", TOML.replace("seed = 3", "seed = 3\nsede = 4"), "sede"),
+            (
+                "optim.toml",
+                TOML.replace("lr = 3e-3", "lr = 3e-3\nbeta1 = 0.9"),
+                "beta1",
+            ),
+            (
+                "sched.toml",
+                TOML.replace("floor = 0.0", "floor = 0.0\nwarmup = 6"),
+                "warmup",
+            ),
+            ("kind.toml", TOML.replace("\"adafactor\"", "\"adam\""), "adam"),
+            ("missing.toml", TOML.replace("steps = 1000\n", ""), "steps"),
+            (
+                "top.json",
+                serde_json::to_string(&t0_few_shot())
+                    .unwrap()
+                    .replace("\"seed\"", "\"sead\""),
+                "sead",
+            ),
+        ];
+        for (name, text, key) in cases {
+            let err = load(dir.path(), name, &text).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains(key), "{name}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let err = load(
+            dir.path(),
+            "optim.toml",
+            &TOML.replace("lr = 3e-3", "lr = 3e-3\nbeta1 = 0.9"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.ends_with("unknown field `beta1`, expected one of `optimizer`, `lr`, `routing_lr`, \
+            `weight_decay`, `routing_weight_decay`, `max_grad_norm`, `epsilon`, `scale_parameter` at line 10 column 1"), "{err}");
+        let err = load(dir.path(), "t0.yaml", TOML).unwrap_err().to_string();
+        assert!(err.contains("t0.yaml") && err.contains(".toml or .json"), "{err}");
+    }
 }
