@@ -90,23 +90,25 @@ impl<B: Backend> SimpleOptimizer<B> for Adafactor {
         };
         let clip = rms(update.clone()).div_scalar(CLIP_THRESHOLD).clamp_min(1.0);
         let update = update / clip.unsqueeze::<D>();
-        let alpha = if self.scale_parameter {
-            rms(tensor.clone()).clamp_min(EPS_PARAM_SCALE).mul_scalar(lr)
-        } else {
-            Tensor::<B, 1>::from_floats([lr as f32], &tensor.device())
-        }
-        .unsqueeze::<D>();
+        // α = lr·max(ε₂, RMS(p)) with scale_parameter (a [1, …] tensor), else the scalar lr.
+        let param_scale = self
+            .scale_parameter
+            .then(|| rms(tensor.clone()).clamp_min(EPS_PARAM_SCALE).unsqueeze::<D>());
+        let times_alpha = |t: Tensor<B, D>| match &param_scale {
+            Some(scale) => (t * scale.clone()).mul_scalar(lr),
+            None => t.mul_scalar(lr),
+        };
         let decayed = if self.weight_decay == 0.0 {
             tensor
         } else {
-            tensor.clone() - tensor * alpha.clone().mul_scalar(self.weight_decay)
+            tensor.clone() - times_alpha(tensor).mul_scalar(self.weight_decay)
         };
         let state = AdafactorState {
             step,
             exp_avg_sq,
             exp_avg_sq_col,
         };
-        (decayed - update * alpha, Some(state))
+        (decayed - times_alpha(update), Some(state))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
