@@ -276,3 +276,52 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> StageOptimizer<B, M> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::Module;
+
+    type A = Autodiff<NdArray>;
+
+    /// One adapter weight and one routing-logit tensor, named as the routers name theirs.
+    #[derive(Module, Debug)]
+    struct Toy<B: Backend> {
+        weight: Param<Tensor<B, 2>>,
+        module_logits: Param<Tensor<B, 2>>,
+    }
+
+    #[test]
+    fn adafactor_gives_the_routing_logits_their_own_rate() {
+        // 1×1 parameters, loss w − 3z: at step 1 Adafactor's v̂ = g², so U = sign(g) (RMS 1, unclipped) and
+        // each parameter moves by exactly its learning rate times the schedule factor, against its gradient.
+        let dev = Default::default();
+        let toy = Toy::<A> {
+            weight: Param::from_tensor(Tensor::from_floats([[1.0]], &dev)),
+            module_logits: Param::from_tensor(Tensor::from_floats([[2.0]], &dev)),
+        };
+        let config = OptimConfig {
+            optimizer: OptimizerKind::Adafactor,
+            lr: 0.01,
+            routing_lr: 0.1,
+            weight_decay: 0.0,
+            routing_weight_decay: 0.0,
+            max_grad_norm: 0.0,
+            ..OptimConfig::default()
+        };
+        let mut optim = StageOptimizer::new(config, &toy);
+        assert_eq!(optim.kind(), OptimizerKind::Adafactor);
+        let loss = toy.weight.val().sum() - toy.module_logits.val().sum() * 3.0;
+        let grads = GradientsParams::from_grads(loss.backward(), &toy);
+        let (toy, norm) = optim.step(0.5, toy, grads);
+        assert!(
+            (norm - 10f64.sqrt()).abs() < 1e-6,
+            "global norm of (1, −3): {norm}"
+        );
+        let w: f32 = toy.weight.val().into_scalar();
+        let z: f32 = toy.module_logits.val().into_scalar();
+        assert!((w - (1.0 - 0.005)).abs() < 1e-7, "{w}");
+        assert!((z - (2.0 + 0.05)).abs() < 1e-7, "{z}");
+    }
+}
