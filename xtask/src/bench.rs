@@ -299,6 +299,7 @@ impl BackendTask for Bench {
             routing_weight_decay: 0.01,
             max_grad_norm: 0.0,
             epsilon: 1e-8,
+            ..OptimConfig::default()
         };
         let mut optim = TwoSpeedAdamW::new(optim_config, &model);
         let tokens = p.batch * (p.src_len + p.tgt_len);

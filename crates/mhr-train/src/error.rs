@@ -7,6 +7,8 @@ pub enum TrainError {
     Checkpoint(String),
     #[error("non-finite loss {loss} at step {step}; the last good checkpoint is kept")]
     NonFiniteLoss { step: usize, loss: f64 },
+    #[error("non-finite scores in evaluation: {0}")]
+    NonFiniteScores(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error(transparent)]

@@ -2,10 +2,12 @@
 
 use burn::prelude::*;
 use mhr_core::{RoutingContext, RoutingMode};
+use mhr_data::{ChoiceBatchData, EncodedChoices};
 use mhr_models::T5ForConditionalGeneration;
 
 use crate::batch::{IGNORE_INDEX, TokenizedExample, TrainBatch};
 use crate::error::TrainError;
+use crate::metrics::{accuracy, rank_choices};
 
 /// For each example, whether the model reproduces its whole target (eos included).
 ///
@@ -53,4 +55,77 @@ pub fn fraction(verdicts: &[bool]) -> f64 {
     } else {
         verdicts.iter().filter(|&&v| v).count() as f64 / verdicts.len() as f64
     }
+}
+
+/// Rank classification of multiple-choice examples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankClassification {
+    /// Per example, each choice's mean token log-likelihood (higher is better).
+    pub scores: Vec<Vec<f64>>,
+    /// Per example, the best-scoring choice.
+    pub predictions: Vec<usize>,
+    /// Fraction of predictions equal to the gold choice.
+    pub accuracy: f64,
+}
+
+/// Scores every choice of every example under teacher forcing and picks the best, as T-Few / mttl do
+/// (PAPER.md §2.6): the score is the summed label log-likelihood (`label_loglik_sum`) divided by the
+/// choice's token count (`length_norm = 1`), so long choices are not penalised for their length.
+/// `batch_size` counts examples; each contributes one row per choice. Routing is deterministic (σ(Z)).
+pub fn rank_classification<B: Backend>(
+    model: &T5ForConditionalGeneration<B>,
+    examples: &[EncodedChoices],
+    batch_size: usize,
+) -> Result<RankClassification, TrainError> {
+    if let Some(i) = examples
+        .iter()
+        .position(|e| e.choices.is_empty() || e.gold >= e.choices.len())
+    {
+        return Err(TrainError::Config(format!(
+            "rank classification: example {i} has {} choices and gold index {}",
+            examples[i].choices.len(),
+            examples[i].gold
+        )));
+    }
+    let device = crate::trainer::device_of(model);
+    let pad = u32::try_from(model.config().pad_token_id).map_err(|_| {
+        TrainError::Config(format!(
+            "pad_token_id {} is not a token id",
+            model.config().pad_token_id
+        ))
+    })?;
+    let mut scores = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let data = ChoiceBatchData::collate(chunk, pad);
+        let batch = data.to_tensors::<B>(&device);
+        let pairs = batch.pairs;
+        let ctx = RoutingContext::new(pairs.task_ids, RoutingMode::Deterministic);
+        let out = model.forward(pairs.input_ids, pairs.attention_mask, pairs.labels, &ctx)?;
+        let sums: Vec<f64> = out.label_loglik_sum.into_data().iter::<f64>().collect();
+        let t = data.pairs.target_len;
+        let lengths = data
+            .pairs
+            .labels
+            .chunks(t)
+            .map(|row| row.iter().filter(|&&l| l != IGNORE_INDEX).count());
+        let mut row_scores = sums.iter().zip(lengths).map(|(sum, n)| sum / n as f64);
+        for &n in &data.num_choices {
+            scores.push(row_scores.by_ref().take(n).collect::<Vec<f64>>());
+        }
+    }
+    let predictions = scores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            rank_choices(s).ok_or_else(|| {
+                TrainError::NonFiniteScores(format!("every choice score of example {i} is NaN"))
+            })
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    let gold: Vec<usize> = examples.iter().map(|e| e.gold).collect();
+    Ok(RankClassification {
+        accuracy: accuracy(&predictions, &gold),
+        scores,
+        predictions,
+    })
 }

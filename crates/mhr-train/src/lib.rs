@@ -1,11 +1,13 @@
 //! Multi-task pre-training, few-shot adaptation and evaluation of Poly / MHR adapters (and their baselines).
 
+pub mod adafactor;
 pub mod alignment;
 pub mod batch;
 pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod eval;
+pub mod interrupt;
 pub mod losses;
 pub mod methods;
 pub mod metrics;

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 /// Learning-rate multiplier over a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Schedule {
     Constant,
     /// Linear warm-up from 0 over `warmup_fraction` of the steps, then linear decay to `floor` (0 in

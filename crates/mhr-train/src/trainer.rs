@@ -8,6 +8,7 @@
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
@@ -24,7 +25,7 @@ use crate::checkpoint::Checkpointer;
 use crate::data::{StepData, mix};
 use crate::error::TrainError;
 use crate::losses::label_smoothed_nll;
-use crate::optim::{OptimConfig, TwoSpeedAdamW, TwoSpeedRecord};
+use crate::optim::{OptimConfig, StageOptimizer, TwoSpeedRecord};
 use crate::schedule::Schedule;
 
 /// One stage's settings.
@@ -53,6 +54,35 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
 }
 
+impl TrainConfig {
+    /// Reads a stage's settings from a `.toml` or `.json` file; an unknown or missing key is an error
+    /// naming it, with the file.
+    pub fn from_path(path: &Path) -> Result<Self, TrainError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
+        let parsed = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => toml::from_str(&text).map_err(|e| one_line_toml_error(&text, &e)),
+            Some("json") => serde_json::from_str(&text).map_err(|e| e.to_string()),
+            _ => Err("expected a .toml or .json training config".to_string()),
+        };
+        parsed.map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// serde_json's style (`message at line L column C`) for toml's multi-line, source-quoting report.
+fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{message} at line {line} column {column}")
+        }
+        None => message.to_string(),
+    }
+}
+
 fn one() -> usize {
     1
 }
@@ -70,6 +100,9 @@ pub struct TrainOutcome {
     /// `(step, loss)` at every logged step.
     pub losses: Vec<(usize, f64)>,
     pub tokens_per_s: f64,
+    /// The run stopped early because [`RunOptions::interrupt`] was raised; `steps` are done and, with a
+    /// run directory, checkpointed, so a resume continues exactly.
+    pub interrupted: bool,
 }
 
 /// Where a stage runs and how far.
@@ -82,6 +115,9 @@ pub struct RunOptions<'a> {
     pub stop_after: Option<usize>,
     /// Name in progress output and metrics.
     pub label: &'a str,
+    /// Checked between optimiser steps: once true, the run checkpoints the steps done and returns with
+    /// [`TrainOutcome::interrupted`] (set by [`crate::interrupt::sigint_flag`] on Ctrl-C, or by a test).
+    pub interrupt: Option<&'a AtomicBool>,
 }
 
 /// A run directory: `config.json`, `metrics.jsonl`, `checkpoints/`.
@@ -135,7 +171,7 @@ impl RunDir {
 }
 
 type Model<B> = T5ForConditionalGeneration<B>;
-type Optim<B> = TwoSpeedAdamW<B, Model<B>>;
+type Optim<B> = StageOptimizer<B, Model<B>>;
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
     NamedMpkBytesRecorder::default()
@@ -145,15 +181,19 @@ fn save_checkpoint<B: AutodiffBackend>(
     run: &RunDir,
     step: usize,
     model: &Model<B>,
-    optim: &TwoSpeedAdamW<B, Model<B>>,
+    optim: &Optim<B>,
 ) -> Result<(), TrainError> {
     let rec = |e: burn::record::RecorderError| TrainError::Checkpoint(e.to_string());
     let model_bytes = Recorder::<B>::record(&recorder(), model.clone().into_record(), ()).map_err(rec)?;
-    let optim_bytes = Recorder::<B>::record(&recorder(), optim.to_record(), ()).map_err(rec)?;
+    let optim_bytes = match optim {
+        StageOptimizer::AdamW(o) => Recorder::<B>::record(&recorder(), o.to_record(), ()),
+        StageOptimizer::Adafactor(o) => Recorder::<B>::record(&recorder(), o.to_record(), ()),
+    }
+    .map_err(rec)?;
     run.checkpoints().save(
         step,
         &[("model.mpk", &model_bytes), ("optim.mpk", &optim_bytes)],
-        serde_json::json!({ "step": step }),
+        serde_json::json!({ "step": step, "optimizer": optim.kind().name() }),
     )
 }
 
@@ -171,16 +211,39 @@ pub fn resume<B: AutodiffBackend>(
         None => None,
     };
     let Some(checkpoint) = checkpoint else {
-        let optim = TwoSpeedAdamW::new(config.clone(), &model);
+        let optim = StageOptimizer::new(config.clone(), &model);
         return Ok((model, optim, 0));
     };
+    // Checkpoints from before the optimiser choice existed were all AdamW.
+    let saved = checkpoint
+        .state
+        .get("optimizer")
+        .and_then(|v| v.as_str())
+        .unwrap_or("adamw");
+    if saved != config.optimizer.name() {
+        return Err(TrainError::Config(format!(
+            "optimizer = \"{}\" but the checkpoint of step {} was written by {saved}; resume with the same optimizer",
+            config.optimizer.name(),
+            checkpoint.step
+        )));
+    }
     let rec = |e: burn::record::RecorderError| TrainError::Checkpoint(e.to_string());
     let model_record =
         Recorder::<B>::load(&recorder(), checkpoint.file("model.mpk")?.to_vec(), device).map_err(rec)?;
     let model = model.load_record(model_record);
-    let optim_record: TwoSpeedRecord<B, Model<B>> =
-        Recorder::<B>::load(&recorder(), checkpoint.file("optim.mpk")?.to_vec(), device).map_err(rec)?;
-    let optim = TwoSpeedAdamW::new(config.clone(), &model).load_record(optim_record);
+    let optim_bytes = checkpoint.file("optim.mpk")?.to_vec();
+    let optim = match StageOptimizer::new(config.clone(), &model) {
+        StageOptimizer::AdamW(o) => {
+            let record: TwoSpeedRecord<B, Model<B>, _> =
+                Recorder::<B>::load(&recorder(), optim_bytes, device).map_err(rec)?;
+            StageOptimizer::AdamW(o.load_record(record))
+        }
+        StageOptimizer::Adafactor(o) => {
+            let record: TwoSpeedRecord<B, Model<B>, _> =
+                Recorder::<B>::load(&recorder(), optim_bytes, device).map_err(rec)?;
+            StageOptimizer::Adafactor(o.load_record(record))
+        }
+    };
     Ok((model, optim, checkpoint.step))
 }
 
@@ -191,7 +254,8 @@ pub fn device_of<B: Backend, M: Module<B>>(model: &M) -> B::Device {
 
 /// Trains `model` (with `require_grad` already set by the method's [`mhr_core::TrainableSet`]) for
 /// `config.steps` optimiser steps. With a run directory, metrics go to `metrics.jsonl`, checkpoints are
-/// written every `checkpoint_every` steps and at the end, and an existing checkpoint is resumed from.
+/// written every `checkpoint_every` steps, at the end and on interrupt, and an existing checkpoint is resumed
+/// from.
 pub fn train<B: AutodiffBackend>(
     model: Model<B>,
     data: &dyn StepData,
@@ -221,7 +285,20 @@ where
     let progress = Progress::new(label, config.steps, start);
     let mut losses = Vec::new();
     let (mut tokens, clock) = (0usize, Instant::now());
+    let mut last_saved = (start > 0).then_some(start);
+    let mut steps_done = end;
+    let mut interrupted = false;
     for step in start..end {
+        if options.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            if let Some(run) = run
+                && last_saved != Some(step)
+            {
+                save_checkpoint(run, step, &model, &optim)?;
+            }
+            progress.interrupted(step);
+            (steps_done, interrupted) = (step, true);
+            break;
+        }
         // Per-step seed: the routing noise of a step does not depend on where the run was resumed.
         B::seed(&device, mix(config.seed, step as u64));
         let mut accumulator = GradientsAccumulator::<Model<B>>::new();
@@ -270,6 +347,7 @@ where
             let periodic = config.checkpoint_every > 0 && done.is_multiple_of(config.checkpoint_every);
             if periodic || done == end {
                 save_checkpoint(run, done, &model, &optim)?;
+                last_saved = Some(done);
             }
         }
     }
@@ -278,9 +356,10 @@ where
     Ok((
         model,
         TrainOutcome {
-            steps: end,
+            steps: steps_done,
             losses,
             tokens_per_s,
+            interrupted,
         },
     ))
 }
@@ -331,6 +410,15 @@ impl Progress {
         }
     }
 
+    fn interrupted(&self, step: usize) {
+        let message = format!("{}: interrupted after step {step}/{}", self.label, self.total);
+        match &self.bar {
+            Some(bar) => bar.println(message),
+            None if self.label.is_empty() => {}
+            None => eprintln!("{message}"),
+        }
+    }
+
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -342,4 +430,122 @@ impl Progress {
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Io(e.to_string()))?;
     mhr_core::io::write_atomic(path, &bytes).map_err(TrainError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::OptimizerKind;
+
+    const TOML: &str = r#"
+steps = 1000
+batch_size = 8
+seed = 3
+log_every = 50
+
+[optim]
+optimizer = "adafactor"
+lr = 3e-3
+routing_lr = 0.1
+weight_decay = 0.0
+routing_weight_decay = 0.0
+max_grad_norm = 1.0
+epsilon = 1e-8
+
+[schedule]
+kind = "linear"
+warmup_fraction = 0.06
+floor = 0.0
+"#;
+
+    /// The T0 few-shot stage of PAPER.md §2.4, as the TOML above spells it.
+    fn t0_few_shot() -> TrainConfig {
+        TrainConfig {
+            steps: 1000,
+            batch_size: 8,
+            grad_accumulation: 1,
+            optim: OptimConfig {
+                optimizer: OptimizerKind::Adafactor,
+                lr: 3e-3,
+                routing_lr: 0.1,
+                weight_decay: 0.0,
+                routing_weight_decay: 0.0,
+                max_grad_norm: 1.0,
+                epsilon: 1e-8,
+                scale_parameter: false,
+            },
+            schedule: Schedule::Linear {
+                warmup_fraction: 0.06,
+                floor: 0.0,
+            },
+            seed: 3,
+            label_smoothing: 0.0,
+            sampled_routing: true,
+            log_every: 50,
+            checkpoint_every: 0,
+        }
+    }
+
+    fn load(dir: &Path, name: &str, text: &str) -> Result<TrainConfig, TrainError> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TrainConfig::from_path(&path)
+    }
+
+    #[test]
+    fn loads_toml_and_json_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path(), "t0.toml", TOML).unwrap(), t0_few_shot());
+        let json = serde_json::to_string(&t0_few_shot()).unwrap();
+        assert_eq!(load(dir.path(), "t0.json", &json).unwrap(), t0_few_shot());
+        // AdamW is the default optimiser.
+        let adamw = TOML.replace("optimizer = \"adafactor\"\n", "");
+        assert_eq!(
+            load(dir.path(), "sni.toml", &adamw).unwrap().optim.optimizer,
+            OptimizerKind::AdamW
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("top.toml", TOML.replace("seed = 3", "seed = 3\nsede = 4"), "sede"),
+            (
+                "optim.toml",
+                TOML.replace("lr = 3e-3", "lr = 3e-3\nbeta1 = 0.9"),
+                "beta1",
+            ),
+            (
+                "sched.toml",
+                TOML.replace("floor = 0.0", "floor = 0.0\nwarmup = 6"),
+                "warmup",
+            ),
+            ("kind.toml", TOML.replace("\"adafactor\"", "\"adam\""), "adam"),
+            ("missing.toml", TOML.replace("steps = 1000\n", ""), "steps"),
+            (
+                "top.json",
+                serde_json::to_string(&t0_few_shot())
+                    .unwrap()
+                    .replace("\"seed\"", "\"sead\""),
+                "sead",
+            ),
+        ];
+        for (name, text, key) in cases {
+            let err = load(dir.path(), name, &text).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains(key), "{name}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let err = load(
+            dir.path(),
+            "optim.toml",
+            &TOML.replace("lr = 3e-3", "lr = 3e-3\nbeta1 = 0.9"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.ends_with("unknown field `beta1`, expected one of `optimizer`, `lr`, `routing_lr`, \
+            `weight_decay`, `routing_weight_decay`, `max_grad_norm`, `epsilon`, `scale_parameter` at line 10 column 1"), "{err}");
+        let err = load(dir.path(), "t0.yaml", TOML).unwrap_err().to_string();
+        assert!(err.contains("t0.yaml") && err.contains(".toml or .json"), "{err}");
+    }
 }

@@ -1,5 +1,8 @@
-//! The training loop on a tiny random T5: the loss falls for every kind of adapter, and a run stopped
-//! and resumed from its checkpoint ends with the same parameters as an uninterrupted one.
+//! The training loop on a tiny random T5: the loss falls for every kind of adapter, a run stopped (or
+//! interrupted, by a flag or a real SIGINT) and resumed from its checkpoint ends with the same parameters as
+//! an uninterrupted one under either optimiser, and a non-finite loss leaves the last checkpoint readable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -7,10 +10,11 @@ use burn::prelude::*;
 use mhr_core::peft::TargetModules;
 use mhr_core::{AdapterConfig, Ia3Config, LoraConfig, Method, RoutedLoraConfig, Stage};
 use mhr_models::{T5Config, T5ForConditionalGeneration};
+use mhr_train::TrainError;
 use mhr_train::batch::TokenizedExample;
-use mhr_train::data::ShuffledEpochs;
-use mhr_train::optim::OptimConfig;
-use mhr_train::trainer::{RunDir, RunOptions, TrainConfig, train};
+use mhr_train::data::{ShuffledEpochs, StepData};
+use mhr_train::optim::{OptimConfig, OptimizerKind};
+use mhr_train::trainer::{RunDir, RunOptions, TrainConfig, resume, train};
 
 type A = Autodiff<NdArray>;
 
@@ -350,4 +354,334 @@ fn gradient_alignment_of_identical_tasks_is_one() {
             a.cosine[0][2]
         );
     }
+}
+
+/// Passes `inner`'s batches through, and at step `at` (as its first micro-batch is requested, i.e.
+/// mid-step) either raises `flag` or, with `poison`, returns examples with no labels (a NaN loss).
+struct Trigger<'a> {
+    inner: &'a dyn StepData,
+    at: usize,
+    flag: Option<&'a AtomicBool>,
+    poison: bool,
+}
+
+impl StepData for Trigger<'_> {
+    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample> {
+        let mut examples = self.inner.examples(step, micro);
+        if step == self.at {
+            if let Some(flag) = self.flag {
+                flag.store(true, Ordering::SeqCst);
+            }
+            if self.poison {
+                examples.iter_mut().for_each(|e| e.labels.clear());
+            }
+        }
+        examples
+    }
+}
+
+fn with_optimizer(optimizer: OptimizerKind, steps: usize) -> TrainConfig {
+    let mut cfg = config(steps);
+    cfg.optim.optimizer = optimizer;
+    if optimizer == OptimizerKind::Adafactor {
+        // The paper's T0 few-shot setting (PAPER.md §2.4): no decay, scale_parameter off for MHR.
+        cfg.optim.weight_decay = 0.0;
+        cfg.optim.routing_weight_decay = 0.0;
+        cfg.optim.lr = 3e-3;
+    }
+    cfg
+}
+
+#[test]
+fn interrupted_run_resumes_bit_identically_under_each_optimizer() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = examples();
+    let sampler = ShuffledEpochs::new(&data, 8, 1, 0);
+    for optimizer in [OptimizerKind::AdamW, OptimizerKind::Adafactor] {
+        let cfg = with_optimizer(optimizer, 10);
+        let initial = flat(&adapted(Method::Mhr));
+        let (straight, outcome) =
+            train(adapted(Method::Mhr), &sampler, &cfg, &RunOptions::default()).unwrap();
+        assert!(!outcome.interrupted && outcome.steps == 10);
+        assert_ne!(flat(&straight), initial, "{optimizer:?} trains");
+
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let flag = AtomicBool::new(false);
+        let trigger = Trigger {
+            inner: &sampler,
+            at: 4,
+            flag: Some(&flag),
+            poison: false,
+        };
+        let options = RunOptions {
+            dir: Some(&run),
+            interrupt: Some(&flag),
+            ..Default::default()
+        };
+        let (_, partial) = train(adapted(Method::Mhr), &trigger, &cfg, &options).unwrap();
+        assert!(partial.interrupted, "{optimizer:?}");
+        assert_eq!(
+            partial.steps, 5,
+            "the step in flight completes, the next one does not start"
+        );
+        let latest = run.checkpoints().load_latest().unwrap().unwrap();
+        assert_eq!(latest.step, 5);
+        assert_eq!(latest.state["optimizer"], optimizer.name());
+
+        // A fresh process: a new model and a lowered flag, resumed from the checkpoint of step 5.
+        let (resumed, rest) = train(
+            adapted(Method::Mhr),
+            &sampler,
+            &cfg,
+            &RunOptions {
+                dir: Some(&run),
+                interrupt: Some(&AtomicBool::new(false)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!rest.interrupted && rest.steps == 10);
+        let (a, b) = (flat(&resumed), flat(&straight));
+        let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        assert_eq!(
+            differing,
+            0,
+            "{optimizer:?}: {differing} of {} parameters differ after resume",
+            a.len()
+        );
+
+        // Resuming under the other optimiser is refused by name, not misread.
+        let other = with_optimizer(
+            match optimizer {
+                OptimizerKind::AdamW => OptimizerKind::Adafactor,
+                OptimizerKind::Adafactor => OptimizerKind::AdamW,
+            },
+            10,
+        );
+        let device = Default::default();
+        let err = resume(Some(&run), adapted(Method::Mhr), &other.optim, &device)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(optimizer.name()), "{err}");
+    }
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = examples();
+    let sampler = ShuffledEpochs::new(&data, 8, 1, 0);
+    let cfg = TrainConfig {
+        checkpoint_every: 2,
+        ..config(10)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let poisoned = Trigger {
+        inner: &sampler,
+        at: 5,
+        flag: None,
+        poison: true,
+    };
+    let options = RunOptions {
+        dir: Some(&run),
+        ..Default::default()
+    };
+    let err = train(adapted(Method::Mhr), &poisoned, &cfg, &options)
+        .err()
+        .unwrap();
+    assert!(matches!(err, TrainError::NonFiniteLoss { step: 5, .. }), "{err}");
+    // The checkpoint of step 4 is intact and loads into a model; training resumes from it.
+    let device = Default::default();
+    let (_, _, start) = resume(Some(&run), adapted(Method::Mhr), &cfg.optim, &device).unwrap();
+    assert_eq!(start, 4);
+    let (_, outcome) = train(adapted(Method::Mhr), &sampler, &cfg, &options).unwrap();
+    assert_eq!(outcome.steps, 10);
+    assert!(
+        outcome
+            .losses
+            .iter()
+            .all(|(step, loss)| *step > 4 && loss.is_finite())
+    );
+}
+
+/// The child half of [`sigint_checkpoints_and_exits_cleanly`]: trains until Ctrl-C, under the real
+/// handler. Runs only when that test starts it (with the run directory in `MHR_SIGINT_CHILD`).
+#[test]
+#[ignore = "started as a child process by sigint_checkpoints_and_exits_cleanly"]
+fn sigint_child() {
+    let Some(dir) = std::env::var_os("MHR_SIGINT_CHILD") else {
+        return;
+    };
+    let run = RunDir::new(std::path::PathBuf::from(dir));
+    let flag = mhr_train::interrupt::sigint_flag().unwrap();
+    let data = examples();
+    let sampler = ShuffledEpochs::new(&data, 8, 1, 0);
+    /// Tells the parent that training runs (and the handler is installed) once step 2 is under way.
+    struct Announce<'a> {
+        inner: &'a dyn StepData,
+        marker: std::path::PathBuf,
+    }
+    impl StepData for Announce<'_> {
+        fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample> {
+            if step == 2 {
+                std::fs::write(&self.marker, b"").unwrap();
+            }
+            self.inner.examples(step, micro)
+        }
+    }
+    let announce = Announce {
+        inner: &sampler,
+        marker: run.path.join("ready"),
+    };
+    let options = RunOptions {
+        dir: Some(&run),
+        interrupt: Some(&flag),
+        ..Default::default()
+    };
+    let (_, outcome) = train(adapted(Method::Mhr), &announce, &config(1_000_000), &options).unwrap();
+    println!(
+        "outcome: interrupted={} steps={}",
+        outcome.interrupted, outcome.steps
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_checkpoints_and_exits_cleanly() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sigint_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MHR_SIGINT_CHILD", dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !dir.path().join("ready").exists() {
+        assert!(Instant::now() < deadline, "the child never started training");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child exited before training"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "child: {:?}\n{stdout}", output.status);
+    // libtest prints "test sigint_child ... " on the same line.
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("outcome: ").map(|(_, rest)| rest))
+        .expect(&stdout);
+    let steps: usize = line
+        .strip_prefix("interrupted=true steps=")
+        .expect(line)
+        .parse()
+        .unwrap();
+    assert!(steps >= 3, "interrupted after the ready marker of step 2: {line}");
+    let latest = RunDir::new(dir.path())
+        .checkpoints()
+        .load_latest()
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.step, steps, "the checkpoint holds exactly the steps done");
+}
+
+#[test]
+fn rank_classification_scores_choices_by_mean_log_likelihood() {
+    use mhr_core::RoutingContext;
+    use mhr_data::EncodedChoices;
+    use mhr_train::eval::rank_classification;
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let model = adapted(Method::Mhr);
+    // Choices of 1 to 3 tokens (eos included), so batches pad them to different lengths.
+    let examples: Vec<EncodedChoices> = (0..6u32)
+        .map(|i| EncodedChoices {
+            input_ids: vec![3 + i, 5 + i, 1],
+            choices: (0..2 + i as usize % 3)
+                .map(|c| {
+                    let mut ids: Vec<u32> = (0..c as u32 % 4)
+                        .map(|k| 4 + (i + 3 * k + c as u32) % 19)
+                        .collect();
+                    ids.push(1);
+                    ids
+                })
+                .collect(),
+            gold: i as usize % 2,
+            task_id: i as usize % 4,
+        })
+        .collect();
+    let ranked = rank_classification(&model, &examples, 4).unwrap();
+
+    // Independently: one forward pass per (example, choice), log-softmax on the host.
+    let device = Default::default();
+    let mut predictions = Vec::new();
+    for (e, example) in examples.iter().enumerate() {
+        let mut expected = Vec::new();
+        for choice in &example.choices {
+            let ids = |v: &[u32]| {
+                Tensor::<A, 2, Int>::from_data(
+                    TensorData::new(v.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, v.len()]),
+                    &device,
+                )
+            };
+            let ctx = RoutingContext::new(
+                Tensor::<A, 1, Int>::from_data([example.task_id as i64], &device),
+                mhr_core::RoutingMode::Deterministic,
+            );
+            let mask = Tensor::<A, 2, Int>::ones([1, example.input_ids.len()], &device);
+            let out = model
+                .forward(ids(&example.input_ids), mask, ids(choice), &ctx)
+                .unwrap();
+            let logits: Vec<f32> = out.logits.into_data().iter::<f32>().collect();
+            let vocab = logits.len() / choice.len();
+            let loglik: f64 = choice
+                .iter()
+                .enumerate()
+                .map(|(pos, &label)| {
+                    let row = &logits[pos * vocab..(pos + 1) * vocab];
+                    let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+                    let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+                    row[label as usize] as f64 - max - z.ln()
+                })
+                .sum();
+            expected.push(loglik / choice.len() as f64);
+        }
+        for (got, want) in ranked.scores[e].iter().zip(&expected) {
+            assert!((got - want).abs() < 1e-4, "example {e}: {got} vs {want}");
+        }
+        assert_eq!(ranked.scores[e].len(), expected.len());
+        let best = (0..expected.len())
+            .max_by(|&a, &b| expected[a].total_cmp(&expected[b]).then(b.cmp(&a)))
+            .unwrap();
+        predictions.push(best);
+    }
+    assert_eq!(ranked.predictions, predictions);
+    let correct = predictions
+        .iter()
+        .zip(&examples)
+        .filter(|(p, e)| **p == e.gold)
+        .count();
+    assert_eq!(ranked.accuracy, correct as f64 / examples.len() as f64);
+
+    let bad = vec![EncodedChoices {
+        gold: 5,
+        ..examples[0].clone()
+    }];
+    let err = rank_classification(&model, &bad, 4).unwrap_err().to_string();
+    assert!(err.contains("example 0") && err.contains("gold index 5"), "{err}");
 }

@@ -287,6 +287,7 @@ fn base_model<B: AutodiffBackend>(
             routing_weight_decay: 0.0,
             max_grad_norm: 1.0,
             epsilon: 1e-8,
+            ..OptimConfig::default()
         },
         schedule: Schedule::Linear {
             warmup_fraction: 100.0 / settings.base_steps.max(100) as f64,
@@ -333,6 +334,7 @@ fn stage_config(steps: usize, batch: usize, lr: f64, routing_lr: f64, seed: u64)
             routing_weight_decay: 0.0,
             max_grad_norm: 0.0,
             epsilon: 1e-8,
+            ..OptimConfig::default()
         },
         schedule: Schedule::Constant,
         seed,
