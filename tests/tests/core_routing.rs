@@ -7,7 +7,8 @@ use burn::prelude::*;
 use mhr_core::io::SafetensorsFile;
 use mhr_core::peft::{ModuleWeights, PeftAdapter};
 use mhr_core::{
-    AdaptedLinear, Adapter, Normalization, PolyRouter, RoutedLora, RoutingConfig, RoutingContext, RoutingMode,
+    AdaptedLinear, Adapter, AdapterConfig, Normalization, PolyRouter, RoutedLora, RoutedLoraConfig,
+    RoutingConfig, RoutingContext, RoutingMode,
 };
 use mhr_tests::{assert_abs_close, assert_rel_close, t5_fixture};
 
@@ -291,6 +292,71 @@ fn sampled_routing_passes_gradients_to_the_logits() {
         g.iter().all(|v| v.is_finite()) && g.iter().any(|v| v.abs() > 1e-6),
         "{g:?}"
     );
+}
+
+/// mttl's `module_logits_dropout`: dropped weights are zero, the survivors renormalise among themselves.
+#[test]
+fn logits_dropout_zeroes_skills_before_normalising() {
+    let logits = [0.4f32, -1.0, 2.0, 0.0];
+    let config = RoutingConfig {
+        relaxed_bernoulli: false,
+        logits_dropout: 0.25,
+        ..RoutingConfig::default()
+    };
+    let router = PolyRouter::<B>::from_logits(Tensor::from_data([logits], &DEV), 1, 4, config);
+    let keep = [1.0f32, 0.0, 1.0, 1.0];
+    let w = f32s(router.mixing_weights_with_dropout(
+        Tensor::from_data([0i64], &DEV),
+        None,
+        Tensor::from_data([[keep]], &DEV),
+    ));
+    let z: Vec<f64> = logits
+        .iter()
+        .zip(keep)
+        .map(|(&l, k)| k as f64 / (1.0 + (-l as f64).exp()))
+        .collect();
+    let total: f64 = z.iter().sum();
+    let expected: Vec<f32> = z.iter().map(|v| (v / total) as f32).collect();
+    assert_abs_close(&w, &expected, 1e-6, "dropped-out weights");
+    assert_eq!(w[1], 0.0);
+
+    // Sampled mode drops each weight with probability p; evaluation never drops.
+    let n = 4_000;
+    let ids = Tensor::<B, 1, Int>::zeros([n], &DEV);
+    <B as burn::tensor::backend::Backend>::seed(&DEV, 11);
+    let sampled = f32s(router.mixing_weights(ids.clone(), RoutingMode::Sampled));
+    let dropped = sampled.iter().filter(|&&v| v == 0.0).count() as f64 / sampled.len() as f64;
+    // Standard error of a proportion near 0.25 over 16k cells is 0.0034; allow 4 σ.
+    assert!((dropped - 0.25).abs() < 0.014, "dropped fraction {dropped}");
+    let eval = f32s(router.mixing_weights(ids, RoutingMode::Deterministic));
+    assert!(eval.iter().all(|&v| v > 0.0));
+}
+
+#[test]
+fn routing_knobs_out_of_range_are_refused() {
+    for (routing, message) in [
+        (
+            RoutingConfig {
+                logits_dropout: 1.0,
+                ..RoutingConfig::default()
+            },
+            "logits_dropout must lie in [0, 1), found 1",
+        ),
+        (
+            RoutingConfig {
+                temperature: 0.0,
+                ..RoutingConfig::default()
+            },
+            "temperature must be a positive number, found 0",
+        ),
+    ] {
+        let config = AdapterConfig::RoutedLora(RoutedLoraConfig {
+            routing,
+            ..RoutedLoraConfig::new(4, 2, 1, 3)
+        });
+        let err = config.validate(8, 8).unwrap_err().to_string();
+        assert!(err.contains(message), "{err}");
+    }
 }
 
 #[test]

@@ -58,6 +58,29 @@ pub struct RoutingConfig {
     pub normalization: Normalization,
     /// Route task ids `>= n_tasks` to the uniform average of the skills instead of failing.
     pub unknown_task_fallback: bool,
+    /// mttl's `module_logits_dropout`: in training, each (head, skill) weight is zeroed with this probability
+    /// before normalisation. mttl builds a fresh `nn.Dropout` at every call, which is always in training mode,
+    /// so it drops at evaluation too; here it acts in training mode only.
+    pub logits_dropout: f64,
+}
+
+impl RoutingConfig {
+    /// Temperature > 0 and a dropout probability in [0, 1).
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(CoreError::Config(format!(
+                "routing temperature must be a positive number, found {}",
+                self.temperature
+            )));
+        }
+        if !(0.0..1.0).contains(&self.logits_dropout) {
+            return Err(CoreError::Config(format!(
+                "routing logits_dropout must lie in [0, 1), found {}",
+                self.logits_dropout
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RoutingConfig {
@@ -68,6 +91,7 @@ impl Default for RoutingConfig {
             straight_through: false,
             normalization: Normalization::SumToOne,
             unknown_task_fallback: false,
+            logits_dropout: 0.0,
         }
     }
 }
@@ -201,6 +225,7 @@ impl AdapterConfig {
             AdapterConfig::Lora(c) => positive(c.rank, "rank"),
             AdapterConfig::Ia3(_) => Ok(()),
             AdapterConfig::RoutedLora(c) => {
+                c.routing.validate()?;
                 positive(c.rank, "rank")?;
                 positive(c.n_skills, "n_skills")?;
                 positive(c.n_tasks, "n_tasks")?;
@@ -208,6 +233,7 @@ impl AdapterConfig {
                 heads_divide(c.n_heads, d_out, "d_out")
             }
             AdapterConfig::RoutedIa3(c) => {
+                c.routing.validate()?;
                 positive(c.n_skills, "n_skills")?;
                 positive(c.n_tasks, "n_tasks")?;
                 heads_divide(

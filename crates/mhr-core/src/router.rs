@@ -56,15 +56,19 @@ impl<B: Backend> PolyRouter<B> {
 
     /// Mixing weights `[batch, h, S]` for each example's task.
     pub fn mixing_weights(&self, task_ids: Tensor<B, 1, Int>, mode: RoutingMode) -> Tensor<B, 3> {
-        let noise = (mode == RoutingMode::Sampled && self.config.relaxed_bernoulli).then(|| {
-            let b = task_ids.dims()[0];
+        let sampled = mode == RoutingMode::Sampled;
+        let shape = [task_ids.dims()[0], self.n_heads, self.n_skills];
+        let device = task_ids.device();
+        let noise = (sampled && self.config.relaxed_bernoulli)
+            .then(|| Tensor::random(shape, Distribution::Default, &device));
+        let keep = (sampled && self.config.logits_dropout > 0.0).then(|| {
             Tensor::random(
-                [b, self.n_heads, self.n_skills],
-                Distribution::Default,
-                &task_ids.device(),
+                shape,
+                Distribution::Bernoulli(1.0 - self.config.logits_dropout),
+                &device,
             )
         });
-        self.weights_from_noise(task_ids, noise)
+        self.weights_from(task_ids, noise, keep)
     }
 
     /// Training-mode weights from given uniform noise `u: [batch, h, S]` in (0, 1): the test hook that lets
@@ -74,10 +78,26 @@ impl<B: Backend> PolyRouter<B> {
         task_ids: Tensor<B, 1, Int>,
         uniform: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        self.weights_from_noise(task_ids, Some(uniform))
+        self.weights_from(task_ids, Some(uniform), None)
     }
 
-    fn weights_from_noise(&self, task_ids: Tensor<B, 1, Int>, uniform: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+    /// Training-mode weights with a given dropout mask `keep: [batch, h, S]` of 0/1 (1 keeps the weight) on
+    /// top of given uniform noise (or none: the sigmoid), the test hook for logits dropout.
+    pub fn mixing_weights_with_dropout(
+        &self,
+        task_ids: Tensor<B, 1, Int>,
+        uniform: Option<Tensor<B, 3>>,
+        keep: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        self.weights_from(task_ids, uniform, Some(keep))
+    }
+
+    fn weights_from(
+        &self,
+        task_ids: Tensor<B, 1, Int>,
+        uniform: Option<Tensor<B, 3>>,
+        keep: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
         let b = task_ids.dims()[0];
         let (h, s) = (self.n_heads, self.n_skills);
         let n_tasks = self.n_tasks() as i64;
@@ -103,6 +123,10 @@ impl<B: Backend> PolyRouter<B> {
         if self.config.straight_through {
             let soft = z.clone();
             z = soft.clone().detach().round() - soft.clone().detach() + soft;
+        }
+        if let Some(keep) = keep {
+            // Inverted dropout as torch's: survivors scaled by 1 / (1 − p), which normalising then cancels.
+            z = z * keep / (1.0 - self.config.logits_dropout);
         }
         if let Some(unknown) = unknown {
             // An unknown task sees every skill at σ(0) = ½, i.e. the uniform average after normalising.
