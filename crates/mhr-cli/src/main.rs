@@ -27,6 +27,10 @@ enum Command {
     Generate(commands::generate::Args),
     /// Task data utilities (`mhr data stats`).
     Data(commands::data::Args),
+    /// Multi-task pre-training of a method on SNI tasks, into a run folder.
+    Train(commands::train::Args),
+    /// A run's final adapters as a peft folder.
+    Export(commands::export::Args),
 }
 
 /// Exit status of a command line that clap refuses (as clap's own `exit()` uses).
@@ -72,6 +76,8 @@ fn main() -> ExitCode {
         Command::Score(args) => commands::score::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(args) => commands::data::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Export(args) => commands::export::run(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

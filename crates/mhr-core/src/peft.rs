@@ -542,6 +542,83 @@ impl PeftAdapter {
         }))
     }
 
+    /// The peft adapter holding `modules` (HF module path, adapter), the inverse of [`Self::adapter_for`]:
+    /// every module must carry the same kind of adapter with the same settings (rank, skills, heads, tasks,
+    /// scale), since one `adapter_config.json` describes them all. `target_modules` lists the paths.
+    pub fn from_adapters<B: Backend>(
+        modules: &[(String, Adapter<B>)],
+        base_model: Option<&str>,
+    ) -> Result<Self, CoreError> {
+        let mut kind: Option<(PeftKind, &str)> = None;
+        let mut weights = BTreeMap::new();
+        let mut feedforward = Vec::new();
+        for (path, adapter) in modules {
+            let this = match adapter {
+                Adapter::RoutedLora(r) => {
+                    let [h, s, _, rank] = r.poly_lora_a.dims();
+                    if (r.scale - 1.0 / rank as f64).abs() > 1e-12 {
+                        return Err(CoreError::Config(format!(
+                            "{path}: scale {} is not 1/r = 1/{rank}, which peft's POLY hard-codes",
+                            r.scale
+                        )));
+                    }
+                    PeftKind::Poly {
+                        r: rank,
+                        n_tasks: r.router.module_logits.dims()[0],
+                        n_skills: s,
+                        n_splits: h,
+                    }
+                }
+                Adapter::Lora(l) => {
+                    let rank = l.lora_a.dims()[1];
+                    PeftKind::Lora {
+                        r: rank,
+                        alpha: l.scale * rank as f64,
+                        rslora: false,
+                    }
+                }
+                Adapter::Ia3(i) => {
+                    if i.feedforward {
+                        feedforward.push(path.clone());
+                    }
+                    PeftKind::Ia3 {
+                        feedforward_modules: TargetModules::Names(Vec::new()),
+                    }
+                }
+                Adapter::RoutedIa3(_) => {
+                    return Err(CoreError::Config(format!(
+                        "{path}: routed (IA)^3 has no peft format (peft has no Poly-(IA)^3)"
+                    )));
+                }
+            };
+            match &kind {
+                None => kind = Some((this, path)),
+                Some((first, first_path)) if *first != this => {
+                    return Err(CoreError::Config(format!(
+                        "one peft folder holds one adapter setting: {first_path} has {first:?} but {path} has \
+                         {this:?}"
+                    )));
+                }
+                Some(_) => {}
+            }
+            weights.insert(path.clone(), Self::weights_of(adapter)?);
+        }
+        let Some((mut kind, _)) = kind else {
+            return Err(CoreError::Config(
+                "the model has no adapters to save in peft format".into(),
+            ));
+        };
+        if let PeftKind::Ia3 { feedforward_modules } = &mut kind {
+            *feedforward_modules = TargetModules::Names(feedforward);
+        }
+        let targets = TargetModules::Names(weights.keys().cloned().collect());
+        Ok(Self {
+            config: PeftConfig::new(kind, targets, base_model),
+            modules: weights,
+            tasks: None,
+        })
+    }
+
     /// The tensors of one adapter, in peft's layout. Routed (IA)^3 has no peft format.
     pub fn weights_of<B: Backend>(adapter: &Adapter<B>) -> Result<ModuleWeights, CoreError> {
         Ok(match adapter {

@@ -14,9 +14,9 @@ use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-/// Optimiser settings of one training stage.
+/// Optimiser settings of one training stage; a missing field takes its [`Default`] value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
     /// Peak learning rate of the adapters (and of the base weights under full fine-tuning).
     pub lr: f64,

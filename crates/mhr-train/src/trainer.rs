@@ -20,47 +20,51 @@ use mhr_models::T5ForConditionalGeneration;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::TrainBatch;
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{Checkpoint, Checkpointer};
 use crate::data::{StepData, mix};
 use crate::error::TrainError;
 use crate::losses::label_smoothed_nll;
 use crate::optim::{OptimConfig, TwoSpeedAdamW, TwoSpeedRecord};
 use crate::schedule::Schedule;
 
-/// One stage's settings.
+/// One stage's settings; a missing field takes its [`Default`] value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub steps: usize,
     /// Examples per micro-batch.
     pub batch_size: usize,
     /// Micro-batches accumulated into one optimiser step.
-    #[serde(default = "one")]
     pub grad_accumulation: usize,
     pub optim: OptimConfig,
     pub schedule: Schedule,
     pub seed: u64,
     /// 0: the model's mean token cross entropy; ε > 0: fairseq's label-smoothed NLL (SNI runs, ε = 0.1).
-    #[serde(default)]
     pub label_smoothing: f64,
     /// Sample relaxed-Bernoulli routing (when the routers enable it) instead of σ(Z).
-    #[serde(default = "yes")]
     pub sampled_routing: bool,
-    #[serde(default = "hundred")]
     pub log_every: usize,
     /// 0: a checkpoint only at the end (when the run has a directory).
-    #[serde(default)]
     pub checkpoint_every: usize,
 }
 
-fn one() -> usize {
-    1
-}
-fn yes() -> bool {
-    true
-}
-fn hundred() -> usize {
-    100
+impl Default for TrainConfig {
+    /// 1000 steps of 8 examples, the default optimiser and linear schedule, seed 13 (the paper's first SNI
+    /// seed), plain cross entropy, sampled routing, a log line every 100 steps.
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch_size: 8,
+            grad_accumulation: 1,
+            optim: OptimConfig::default(),
+            schedule: Schedule::default(),
+            seed: 13,
+            label_smoothing: 0.0,
+            sampled_routing: true,
+            log_every: 100,
+            checkpoint_every: 0,
+        }
+    }
 }
 
 /// What a run reports.
@@ -175,13 +179,35 @@ pub fn resume<B: AutodiffBackend>(
         return Ok((model, optim, 0));
     };
     let rec = |e: burn::record::RecorderError| TrainError::Checkpoint(e.to_string());
-    let model_record =
-        Recorder::<B>::load(&recorder(), checkpoint.file("model.mpk")?.to_vec(), device).map_err(rec)?;
-    let model = model.load_record(model_record);
+    let model = model_from(&checkpoint, model, device)?;
     let optim_record: TwoSpeedRecord<B, Model<B>> =
         Recorder::<B>::load(&recorder(), checkpoint.file("optim.mpk")?.to_vec(), device).map_err(rec)?;
     let optim = TwoSpeedAdamW::new(config.clone(), &model).load_record(optim_record);
     Ok((model, optim, checkpoint.step))
+}
+
+fn model_from<B: Backend>(
+    checkpoint: &Checkpoint,
+    model: Model<B>,
+    device: &B::Device,
+) -> Result<Model<B>, TrainError> {
+    let bytes = checkpoint.file("model.mpk")?.to_vec();
+    let record =
+        Recorder::<B>::load(&recorder(), bytes, device).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    Ok(model.load_record(record))
+}
+
+/// The weights of `run`'s latest checkpoint put into `model` (which must have the structure it was saved
+/// with), and that checkpoint's step; `None` when the run has no checkpoint.
+pub fn load_latest<B: Backend>(
+    run: &RunDir,
+    model: Model<B>,
+    device: &B::Device,
+) -> Result<Option<(Model<B>, usize)>, TrainError> {
+    match run.checkpoints().load_latest()? {
+        Some(checkpoint) => Ok(Some((model_from(&checkpoint, model, device)?, checkpoint.step))),
+        None => Ok(None),
+    }
 }
 
 /// A model's device (its first parameter's).

@@ -2,6 +2,9 @@
 
 pub mod common;
 pub mod data;
+pub mod export;
 pub mod generate;
 pub mod inspect;
+pub mod run_dir;
 pub mod score;
+pub mod train;
