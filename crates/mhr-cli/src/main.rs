@@ -29,6 +29,10 @@ enum Command {
     Data(commands::data::Args),
     /// Multi-task pre-training of a method on SNI tasks, into a run folder.
     Train(commands::train::Args),
+    /// Few-shot adaptation of a pre-training run to one task, into a run folder.
+    Adapt(commands::adapt::Args),
+    /// Rouge-L and exact match of adaptation runs on their tasks' test sets (results.json).
+    Eval(commands::eval::Args),
     /// A run's final adapters as a peft folder.
     Export(commands::export::Args),
 }
@@ -77,6 +81,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(args) => commands::data::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Adapt(args) => commands::adapt::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Export(args) => commands::export::run(args),
     });
     match result {

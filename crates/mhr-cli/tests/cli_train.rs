@@ -377,3 +377,257 @@ fn bad_train_and_export_inputs_are_one_line_errors() {
         &["not an empty folder", "--resume"],
     );
 }
+
+/// `mhr adapt --run pre --task HELD_OUT --k 4 --seed 1 --test-instances 4 --out OUT extra...`.
+fn adapt(setup: &Setup, out: &str, extra: &[&str]) -> Output {
+    let (pre, out) = (setup.path("pre"), setup.path(out));
+    let mut args = vec![
+        "adapt",
+        "--run",
+        s(&pre),
+        "--task",
+        HELD_OUT,
+        "--k",
+        "4",
+        "--seed",
+        "1",
+        "--test-instances",
+        "4",
+        "--out",
+        s(&out),
+    ];
+    args.extend_from_slice(extra);
+    mhr(args)
+}
+
+/// The tensors of an exported peft folder.
+fn peft_tensors(dir: &Path) -> std::collections::BTreeMap<String, Tensor> {
+    read(&dir.join("adapter_model.safetensors"))
+}
+
+#[test]
+fn z_adaptation_trains_only_the_held_out_routing_row() {
+    let setup = Setup::new();
+    assert_success(&setup.train("mhr", "pre", &[]));
+    let output = adapt(
+        &setup,
+        "z",
+        &["--method", "mhr-z", "--steps", "2", "--routing-lr", "1.0"],
+    );
+    assert_success(&output);
+    let before = peft_tensors(&setup.path("pre/adapter"));
+    let after = peft_tensors(&setup.path("z/adapter"));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    // Rows without gradient only feel AdamW's decoupled decay θ ← θ·(1 − lr·factor·λ): routing lr 1, decay
+    // 0.01, linear schedule over 2 steps without warm-up (factors 1 and 1/2).
+    let decay = (1.0 - 0.01) * (1.0 - 0.01 * 0.5);
+    // Task ids: the sorted names, so the held-out task (task1344…) is row 0.
+    let mut row_changed = false;
+    for (key, b) in &before {
+        let a = &after[key];
+        if key.ends_with("module_logits") {
+            let (b, a) = (b.to_f32(), a.to_f32());
+            let width = b.len() / 3;
+            let decayed: Vec<f32> = b[width..].iter().map(|v| v * decay).collect();
+            assert!(
+                max_abs_diff(&a[width..], &decayed) < 1e-7,
+                "{key}: a training task's row trained"
+            );
+            let held_out: Vec<f32> = b[..width].iter().map(|v| v * decay).collect();
+            row_changed |= max_abs_diff(&a[..width], &held_out) > 1e-4;
+        } else {
+            assert!(a == b, "{key}: -z changed the skills");
+        }
+    }
+    assert!(row_changed, "the held-out row did not train");
+}
+
+#[test]
+fn mu_adaptation_starts_from_the_average_of_the_skills() {
+    let setup = Setup::new();
+    assert_success(&setup.train("mhr", "pre", &[]));
+    // lr 0: the adapter after one step is the averaged one, untouched.
+    assert_success(&adapt(
+        &setup,
+        "mu",
+        &["--method", "mhr-mu", "--steps", "1", "--lr", "0"],
+    ));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(setup.path("mu/adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(
+        (config["r"].as_u64(), config["lora_alpha"].as_f64()),
+        (Some(4), Some(1.0))
+    );
+    let skills = peft_tensors(&setup.path("pre/adapter"));
+    let mu = peft_tensors(&setup.path("mu/adapter"));
+    let module = "base_model.model.encoder.block.1.layer.1.DenseReluDense.wi_0";
+    // Poly A [h, S, d_in/h, r] → peft lora_A.weight [r, d_in]: mean over skills, heads side by side.
+    let a = &skills[&format!("{module}.poly_lora_A")];
+    let (h, n_skills, d, r) = (a.shape[0], a.shape[1], a.shape[2], a.shape[3]);
+    let a = a.to_f32();
+    let mut expected = vec![0f32; r * h * d];
+    for q in 0..h {
+        for s in 0..n_skills {
+            for i in 0..d {
+                for j in 0..r {
+                    expected[j * h * d + q * d + i] +=
+                        a[((q * n_skills + s) * d + i) * r + j] / n_skills as f32;
+                }
+            }
+        }
+    }
+    let found = mu[&format!("{module}.lora_A.weight")].to_f32();
+    assert!(
+        max_abs_diff(&found, &expected) < 1e-6,
+        "lora_A is not the mean of the skills"
+    );
+}
+
+#[test]
+fn eval_scores_the_generations_that_mhr_generate_produces() {
+    let setup = Setup::new();
+    assert_success(&setup.train("mhr", "pre", &[]));
+    assert_success(&adapt(&setup, "z", &["--method", "mhr-z", "--steps", "2"]));
+    assert_success(&setup.export("z", "z-peft"));
+    let (results, predictions) = (setup.path("results.json"), setup.path("predictions.jsonl"));
+    let output = mhr([
+        "eval",
+        "--run",
+        s(&setup.path("z")),
+        "--out",
+        s(&results),
+        "--predictions",
+        s(&predictions),
+    ]);
+    assert_success(&output);
+    assert_eq!(stdout(&output).lines().count(), 2, "one line per row");
+
+    // The test set, independently: the first 4 instances of the task file, encoded as in training.
+    let sni = SniDir::open(sni()).unwrap();
+    let list = TaskList {
+        path: PathBuf::from("in-memory"),
+        entries: vec![(0, HELD_OUT.to_string())],
+    };
+    let task = load_tasks(&sni, &list, 12).unwrap().next().unwrap().unwrap();
+    let test = &task.examples[..4];
+    let tokenizer = Arc::new(HfTokenizer::from_file(&fixture("tokenizer.json")).unwrap());
+    let encoder = Encoder::new(
+        tokenizer.clone(),
+        EncoderConfig {
+            max_source_len: 48,
+            max_target_len: 12,
+            source_suffix: SniPromptFormat::Mttl.source_suffix().map(String::from),
+        },
+    )
+    .unwrap();
+    let encoded = encode_all(&encoder, test, 0).unwrap();
+    let len = encoded.iter().map(|e| e.input_ids.len()).max().unwrap();
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for e in &encoded {
+        for i in 0..len {
+            ids.push(e.input_ids.get(i).copied().unwrap_or(0));
+            mask.push(i64::from(i < e.input_ids.len()));
+        }
+    }
+    let batch = setup.path("test.safetensors");
+    write(
+        &batch,
+        &[
+            ("input_ids", Tensor::i64(&ids, &[4, len])),
+            ("attention_mask", Tensor::i64(&mask, &[4, len])),
+            ("task_ids", Tensor::i64(&[0; 4], &[4])),
+        ],
+    );
+    let generated = setup.path("generated.safetensors");
+    assert_success(&mhr([
+        "generate",
+        "--model",
+        s(&fixture("t5-v1_1")),
+        "--adapter",
+        s(&setup.path("z-peft")),
+        "--batch",
+        s(&batch),
+        "--max-new-tokens",
+        "12",
+        "--out",
+        s(&generated),
+    ]));
+    let tokens = &read(&generated)["greedy_tokens"];
+    let width = tokens.shape[1];
+    let tokens = tokens.to_i64();
+    let texts: Vec<String> = (0..4)
+        .map(|row| {
+            let ids: Vec<u32> = tokens[row * width + 1..(row + 1) * width]
+                .iter()
+                .map(|&t| t as u32)
+                .collect();
+            mhr_data::TextTokenizer::decode(tokenizer.as_ref(), &ids).unwrap()
+        })
+        .collect();
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&predictions)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for ((line, text), example) in lines.iter().zip(&texts).zip(test) {
+        assert_eq!(line["prediction"], text.as_str());
+        assert_eq!(line["id"], example.id.as_str());
+    }
+    let mean = |f: fn(&str, &[String]) -> f64| {
+        texts.iter().zip(test).map(|(t, e)| f(t, &e.targets)).sum::<f64>() / 4.0
+    };
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(results["preset"], "mhr-eval");
+    let rows = results["rows"].as_array().unwrap();
+    let expected = [
+        ("rouge_l", mean(mhr_train::metrics::rouge_l::<String>)),
+        ("exact_match", mean(mhr_train::metrics::exact_match::<String>)),
+    ];
+    assert_eq!(rows.len(), 2);
+    for (row, (metric, value)) in rows.iter().zip(expected) {
+        assert_eq!(
+            row,
+            &serde_json::json!({"method": "mhr-z", "task": HELD_OUT, "k": 4, "seed": 1, "metric": metric,
+                                "value": value})
+        );
+    }
+}
+
+#[test]
+fn bad_adapt_and_eval_inputs_are_one_line_errors() {
+    let setup = Setup::new();
+    assert_success(&setup.train("mhr", "pre", &[]));
+    // A task without a routing row: the task and the run's tasks.json are named.
+    let pre = setup.path("pre");
+    let output = mhr([
+        "adapt",
+        "--run",
+        s(&pre),
+        "--task",
+        "task_nowhere",
+        "--k",
+        "4",
+        "--seed",
+        "1",
+        "--out",
+        s(&setup.path("a")),
+    ]);
+    assert_error(&output, &["task_nowhere", "tasks.json"]);
+    // A variant of another pre-training.
+    assert_error(
+        &adapt(&setup, "b", &["--method", "poly-z"]),
+        &["poly-z", "mhr-z", "mhr-mu"],
+    );
+    // eval wants adaptation runs.
+    let output = mhr(["eval", "--run", s(&pre), "--out", s(&setup.path("r.json"))]);
+    assert_error(&output, &["a pre-training run"]);
+    assert!(!setup.path("r.json").exists());
+}

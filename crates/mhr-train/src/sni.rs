@@ -58,26 +58,38 @@ pub fn encode_all(
         .collect()
 }
 
-/// Mean scores of greedy generations against every reference of each example.
+/// Mean scores of generations against every reference of each example.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenerationScores {
     pub rouge_l: f64,
     pub exact_match: f64,
 }
 
+impl GenerationScores {
+    /// Rouge-L and SNI's exact match of `predictions[i]` against `examples[i]`'s references, averaged.
+    pub fn of(predictions: &[String], examples: &[Example]) -> Self {
+        let n = predictions.len().max(1) as f64;
+        let pairs = || predictions.iter().zip(examples);
+        Self {
+            rouge_l: pairs().map(|(p, e)| rouge_l(p, &e.targets)).sum::<f64>() / n,
+            exact_match: pairs().map(|(p, e)| exact_match(p, &e.targets)).sum::<f64>() / n,
+        }
+    }
+}
+
 /// Greedy generations (deterministic routing by `task_id`) of `examples`, in batches of `batch_size`,
-/// scored by Rouge-L and SNI's exact match; the text comes from the encoder's tokenizer.
-pub fn score_generations<B: Backend>(
+/// decoded by the encoder's tokenizer.
+pub fn greedy_texts<B: Backend>(
     model: &T5ForConditionalGeneration<B>,
     encoder: &Encoder,
     examples: &[Example],
     task_id: usize,
     max_new_tokens: usize,
     batch_size: usize,
-) -> Result<GenerationScores, TrainError> {
+) -> Result<Vec<String>, TrainError> {
     let device = device_of(model);
     let pad = model.config().pad_token_id;
-    let (mut rouge, mut exact) = (0.0, 0.0);
+    let mut texts = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let encoded = encode_all(encoder, chunk, task_id)?;
         let batch = TrainBatch::<B>::from_examples(&encoded, pad, &device);
@@ -90,20 +102,27 @@ pub fn score_generations<B: Backend>(
         )?;
         let [b, t] = generated.dims();
         let ids: Vec<i64> = generated.into_data().iter::<i64>().collect();
-        for (row, example) in chunk.iter().enumerate().take(b) {
+        for row in 0..b {
             // Skip the decoder start token; the tokenizer drops pad and eos.
             let tokens: Vec<u32> = ids[row * t + 1..(row + 1) * t]
                 .iter()
                 .map(|&i| i as u32)
                 .collect();
-            let text = encoder.tokenizer().decode(&tokens).map_err(data_error)?;
-            rouge += rouge_l(&text, &example.targets);
-            exact += exact_match(&text, &example.targets);
+            texts.push(encoder.tokenizer().decode(&tokens).map_err(data_error)?);
         }
     }
-    let n = examples.len().max(1) as f64;
-    Ok(GenerationScores {
-        rouge_l: rouge / n,
-        exact_match: exact / n,
-    })
+    Ok(texts)
+}
+
+/// [`greedy_texts`] scored by [`GenerationScores::of`].
+pub fn score_generations<B: Backend>(
+    model: &T5ForConditionalGeneration<B>,
+    encoder: &Encoder,
+    examples: &[Example],
+    task_id: usize,
+    max_new_tokens: usize,
+    batch_size: usize,
+) -> Result<GenerationScores, TrainError> {
+    let texts = greedy_texts(model, encoder, examples, task_id, max_new_tokens, batch_size)?;
+    Ok(GenerationScores::of(&texts, examples))
 }
