@@ -665,3 +665,94 @@ fn transpose(t: TensorData) -> TensorData {
     }
     TensorData::new(out, [cols, rows])
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+
+    use super::*;
+
+    type B = NdArray;
+
+    fn vector(values: &[f32]) -> Tensor<B, 1> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn ia3_adapters_round_trip_through_a_peft_folder() {
+        let modules = vec![
+            (
+                "encoder.block.0.layer.0.SelfAttention.k".to_string(),
+                Adapter::Ia3(Ia3::from_tensor(vector(&[1.5, -2.0]), false)),
+            ),
+            (
+                "encoder.block.0.layer.1.DenseReluDense.wo".to_string(),
+                Adapter::Ia3(Ia3::from_tensor(vector(&[0.25, 3.0, 4.0]), true)),
+            ),
+        ];
+        let adapter = PeftAdapter::from_adapters(&modules, Some("base")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        adapter.save(dir.path()).unwrap();
+        let loaded = PeftAdapter::load(dir.path()).unwrap();
+        assert_eq!(loaded.config.raw["peft_type"], "IA3");
+        assert_eq!(loaded.config.raw["base_model_name_or_path"], "base");
+        let routing = RoutingConfig::default();
+        let device = Default::default();
+        let k = loaded
+            .adapter_for::<B>(&modules[0].0, 4, 2, &routing, &device)
+            .unwrap();
+        let wo = loaded
+            .adapter_for::<B>(&modules[1].0, 3, 4, &routing, &device)
+            .unwrap();
+        match (k, wo) {
+            (Some(Adapter::Ia3(k)), Some(Adapter::Ia3(wo))) => {
+                assert!(!k.feedforward && wo.feedforward);
+                assert_eq!(k.ia3_l.val().into_data().to_vec::<f32>().unwrap(), [1.5, -2.0]);
+                assert_eq!(
+                    wo.ia3_l.val().into_data().to_vec::<f32>().unwrap(),
+                    [0.25, 3.0, 4.0]
+                );
+            }
+            other => panic!("expected two (IA)^3 adapters, found {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_folder_holds_one_adapter_setting() {
+        let device = Default::default();
+        let lora = |rank: usize| {
+            Adapter::Lora(Lora::from_tensors(
+                Tensor::<B, 2>::zeros([4, rank], &device),
+                Tensor::<B, 2>::zeros([rank, 4], &device),
+                1.0 / rank as f64,
+            ))
+        };
+        let mixed = vec![
+            ("a.q".to_string(), lora(2)),
+            (
+                "a.k".to_string(),
+                Adapter::Ia3(Ia3::from_tensor(vector(&[1.0; 4]), false)),
+            ),
+        ];
+        let err = PeftAdapter::from_adapters(&mixed, None).unwrap_err().to_string();
+        assert!(err.contains("a.q") && err.contains("a.k"), "{err}");
+        let ranks = vec![("a.q".to_string(), lora(2)), ("a.v".to_string(), lora(3))];
+        assert!(PeftAdapter::from_adapters(&ranks, None).is_err());
+        let none: Vec<(String, Adapter<B>)> = Vec::new();
+        let err = PeftAdapter::from_adapters(&none, None).unwrap_err().to_string();
+        assert!(err.contains("no adapters"), "{err}");
+        let same = vec![("a.q".to_string(), lora(2)), ("a.v".to_string(), lora(2))];
+        let adapter = PeftAdapter::from_adapters(&same, None).unwrap();
+        assert_eq!(
+            adapter.config.kind,
+            PeftKind::Lora {
+                r: 2,
+                alpha: 1.0,
+                rslora: false
+            }
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! `{method, task, k, seed, metric, value}` (DESIGN.md's schema), one pair of rows per run.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
@@ -82,7 +82,7 @@ impl BackendTask for EvalTask<'_> {
     }
 }
 
-fn job(dir: &PathBuf, args: &Args) -> Result<Job> {
+fn job(dir: &Path, args: &Args) -> Result<Job> {
     let run = Run::open(dir)?;
     let RunKind::Adapt(adapt, _) = &run.kind else {
         bail!(

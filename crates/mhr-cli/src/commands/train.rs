@@ -113,9 +113,14 @@ impl Args {
             let train = section(&mut table, "train", &origin)?;
             section(train, "optim", &origin)?.insert("lr".into(), toml::Value::Float(lr));
         }
-        let settings: TrainSettings = table
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", origin.display(), e.message()))?;
+        let settings: TrainSettings = table.try_into().map_err(|e: toml::de::Error| {
+            let hint = if e.message().starts_with("missing field") {
+                " (set it in --config or by its flag)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("{}: {}{hint}", origin.display(), e.message())
+        })?;
         Ok((settings, origin))
     }
 }
