@@ -255,6 +255,23 @@ fn exported_adapter_scores_as_the_model_trained_in_memory() {
     ]);
     assert_success(&output);
     let found = read(&scored)["logits"].to_f32();
+    // The run folder itself is an adapter folder for `score` (its final `adapter/`).
+    let from_run = setup.path("from_run.safetensors");
+    assert_success(&mhr([
+        "score",
+        "--model",
+        s(&fixture("t5-v1_1")),
+        "--adapter",
+        s(&setup.path("run")),
+        "--batch",
+        s(&batch_path),
+        "--out",
+        s(&from_run),
+    ]));
+    assert!(
+        read(&from_run)["logits"] == read(&scored)["logits"],
+        "--adapter RUN differs from its export"
+    );
 
     let model = train_in_memory();
     let expected = logits(&model, &batch);
