@@ -643,6 +643,10 @@ fn bad_adapt_and_eval_inputs_are_one_line_errors() {
         &adapt(&setup, "b", &["--method", "poly-z"]),
         &["poly-z", "mhr-z", "mhr-mu"],
     );
+    assert_error(
+        &adapt(&setup, "c", &["--method", "mhx"]),
+        &["--method: method: unknown method `mhx`"],
+    );
     // eval wants adaptation runs.
     let output = mhr(["eval", "--run", s(&pre), "--out", s(&setup.path("r.json"))]);
     assert_error(&output, &["a pre-training run"]);

@@ -161,7 +161,12 @@ pub fn run(args: Args) -> Result<()> {
         args.settings(&Run::open(dir)?)?
     };
     let pretrained = Run::open(&adapt.pretrained)?;
-    let origin = args.run.clone().unwrap_or_else(|| config_path.clone());
+    // The method comes from --method (or the run) on a new adaptation, from adapt.toml on --resume.
+    let origin = if args.resume {
+        config_path.clone()
+    } else {
+        PathBuf::from("--method")
+    };
     if !matches!(pretrained.kind, RunKind::Pretrain) {
         bail!(
             "--run {}: an adaptation run; adapt a pre-training run (of `mhr train`)",
