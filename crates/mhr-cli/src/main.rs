@@ -27,6 +27,14 @@ enum Command {
     Generate(commands::generate::Args),
     /// Task data utilities (`mhr data stats`).
     Data(commands::data::Args),
+    /// Multi-task pre-training of a method on SNI tasks, into a run folder.
+    Train(commands::train::Args),
+    /// Few-shot adaptation of a pre-training run to one task, into a run folder.
+    Adapt(commands::adapt::Args),
+    /// Rouge-L and exact match of adaptation runs on their tasks' test sets (results.json).
+    Eval(commands::eval::Args),
+    /// A run's final adapters as a peft folder.
+    Export(commands::export::Args),
 }
 
 /// Exit status of a command line that clap refuses (as clap's own `exit()` uses).
@@ -72,6 +80,10 @@ fn main() -> ExitCode {
         Command::Score(args) => commands::score::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Data(args) => commands::data::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Adapt(args) => commands::adapt::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Export(args) => commands::export::run(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -542,6 +542,83 @@ impl PeftAdapter {
         }))
     }
 
+    /// The peft adapter holding `modules` (HF module path, adapter), the inverse of [`Self::adapter_for`]:
+    /// every module must carry the same kind of adapter with the same settings (rank, skills, heads, tasks,
+    /// scale), since one `adapter_config.json` describes them all. `target_modules` lists the paths.
+    pub fn from_adapters<B: Backend>(
+        modules: &[(String, Adapter<B>)],
+        base_model: Option<&str>,
+    ) -> Result<Self, CoreError> {
+        let mut kind: Option<(PeftKind, &str)> = None;
+        let mut weights = BTreeMap::new();
+        let mut feedforward = Vec::new();
+        for (path, adapter) in modules {
+            let this = match adapter {
+                Adapter::RoutedLora(r) => {
+                    let [h, s, _, rank] = r.poly_lora_a.dims();
+                    if (r.scale - 1.0 / rank as f64).abs() > 1e-12 {
+                        return Err(CoreError::Config(format!(
+                            "{path}: scale {} is not 1/r = 1/{rank}, which peft's POLY hard-codes",
+                            r.scale
+                        )));
+                    }
+                    PeftKind::Poly {
+                        r: rank,
+                        n_tasks: r.router.module_logits.dims()[0],
+                        n_skills: s,
+                        n_splits: h,
+                    }
+                }
+                Adapter::Lora(l) => {
+                    let rank = l.lora_a.dims()[1];
+                    PeftKind::Lora {
+                        r: rank,
+                        alpha: l.scale * rank as f64,
+                        rslora: false,
+                    }
+                }
+                Adapter::Ia3(i) => {
+                    if i.feedforward {
+                        feedforward.push(path.clone());
+                    }
+                    PeftKind::Ia3 {
+                        feedforward_modules: TargetModules::Names(Vec::new()),
+                    }
+                }
+                Adapter::RoutedIa3(_) => {
+                    return Err(CoreError::Config(format!(
+                        "{path}: routed (IA)^3 has no peft format (peft has no Poly-(IA)^3)"
+                    )));
+                }
+            };
+            match &kind {
+                None => kind = Some((this, path)),
+                Some((first, first_path)) if *first != this => {
+                    return Err(CoreError::Config(format!(
+                        "one peft folder holds one adapter setting: {first_path} has {first:?} but {path} has \
+                         {this:?}"
+                    )));
+                }
+                Some(_) => {}
+            }
+            weights.insert(path.clone(), Self::weights_of(adapter)?);
+        }
+        let Some((mut kind, _)) = kind else {
+            return Err(CoreError::Config(
+                "the model has no adapters to save in peft format".into(),
+            ));
+        };
+        if let PeftKind::Ia3 { feedforward_modules } = &mut kind {
+            *feedforward_modules = TargetModules::Names(feedforward);
+        }
+        let targets = TargetModules::Names(weights.keys().cloned().collect());
+        Ok(Self {
+            config: PeftConfig::new(kind, targets, base_model),
+            modules: weights,
+            tasks: None,
+        })
+    }
+
     /// The tensors of one adapter, in peft's layout. Routed (IA)^3 has no peft format.
     pub fn weights_of<B: Backend>(adapter: &Adapter<B>) -> Result<ModuleWeights, CoreError> {
         Ok(match adapter {
@@ -587,4 +664,95 @@ fn transpose(t: TensorData) -> TensorData {
         }
     }
     TensorData::new(out, [cols, rows])
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+
+    use super::*;
+
+    type B = NdArray;
+
+    fn vector(values: &[f32]) -> Tensor<B, 1> {
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), [values.len()]),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn ia3_adapters_round_trip_through_a_peft_folder() {
+        let modules = vec![
+            (
+                "encoder.block.0.layer.0.SelfAttention.k".to_string(),
+                Adapter::Ia3(Ia3::from_tensor(vector(&[1.5, -2.0]), false)),
+            ),
+            (
+                "encoder.block.0.layer.1.DenseReluDense.wo".to_string(),
+                Adapter::Ia3(Ia3::from_tensor(vector(&[0.25, 3.0, 4.0]), true)),
+            ),
+        ];
+        let adapter = PeftAdapter::from_adapters(&modules, Some("base")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        adapter.save(dir.path()).unwrap();
+        let loaded = PeftAdapter::load(dir.path()).unwrap();
+        assert_eq!(loaded.config.raw["peft_type"], "IA3");
+        assert_eq!(loaded.config.raw["base_model_name_or_path"], "base");
+        let routing = RoutingConfig::default();
+        let device = Default::default();
+        let k = loaded
+            .adapter_for::<B>(&modules[0].0, 4, 2, &routing, &device)
+            .unwrap();
+        let wo = loaded
+            .adapter_for::<B>(&modules[1].0, 3, 4, &routing, &device)
+            .unwrap();
+        match (k, wo) {
+            (Some(Adapter::Ia3(k)), Some(Adapter::Ia3(wo))) => {
+                assert!(!k.feedforward && wo.feedforward);
+                assert_eq!(k.ia3_l.val().into_data().to_vec::<f32>().unwrap(), [1.5, -2.0]);
+                assert_eq!(
+                    wo.ia3_l.val().into_data().to_vec::<f32>().unwrap(),
+                    [0.25, 3.0, 4.0]
+                );
+            }
+            other => panic!("expected two (IA)^3 adapters, found {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_folder_holds_one_adapter_setting() {
+        let device = Default::default();
+        let lora = |rank: usize| {
+            Adapter::Lora(Lora::from_tensors(
+                Tensor::<B, 2>::zeros([4, rank], &device),
+                Tensor::<B, 2>::zeros([rank, 4], &device),
+                1.0 / rank as f64,
+            ))
+        };
+        let mixed = vec![
+            ("a.q".to_string(), lora(2)),
+            (
+                "a.k".to_string(),
+                Adapter::Ia3(Ia3::from_tensor(vector(&[1.0; 4]), false)),
+            ),
+        ];
+        let err = PeftAdapter::from_adapters(&mixed, None).unwrap_err().to_string();
+        assert!(err.contains("a.q") && err.contains("a.k"), "{err}");
+        let ranks = vec![("a.q".to_string(), lora(2)), ("a.v".to_string(), lora(3))];
+        assert!(PeftAdapter::from_adapters(&ranks, None).is_err());
+        let none: Vec<(String, Adapter<B>)> = Vec::new();
+        let err = PeftAdapter::from_adapters(&none, None).unwrap_err().to_string();
+        assert!(err.contains("no adapters"), "{err}");
+        let same = vec![("a.q".to_string(), lora(2)), ("a.v".to_string(), lora(2))];
+        let adapter = PeftAdapter::from_adapters(&same, None).unwrap();
+        assert_eq!(
+            adapter.config.kind,
+            PeftKind::Lora {
+                r: 2,
+                alpha: 1.0,
+                rslora: false
+            }
+        );
+    }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod optim;
 pub mod reproduce;
 pub mod schedule;
+pub mod sni;
 pub mod trainer;
 
 pub use error::TrainError;

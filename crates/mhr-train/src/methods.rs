@@ -14,8 +14,9 @@ use crate::error::TrainError;
 
 type Model<B> = T5ForConditionalGeneration<B>;
 
-/// Adapter sizes of a run.
+/// Adapter sizes of a run; a missing field takes its [`Default`] value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdapterSizes {
     pub lora_rank: usize,
     /// LoRA's output scale is `alpha / rank`; 1 matches Poly's `1/r` (peft hard-codes it).
@@ -24,6 +25,21 @@ pub struct AdapterSizes {
     pub n_skills: usize,
     pub mhr_heads: usize,
     pub routing: RoutingConfig,
+}
+
+impl Default for AdapterSizes {
+    /// Rank 16 everywhere, 8 skills, 8 MHR heads (they must divide the adapted layers' widths), LoRA scaled
+    /// by `1/r` like Poly, and the paper's routing (relaxed Bernoulli in training).
+    fn default() -> Self {
+        Self {
+            lora_rank: 16,
+            lora_alpha: 1.0,
+            poly_rank: 16,
+            n_skills: 8,
+            mhr_heads: 8,
+            routing: RoutingConfig::default(),
+        }
+    }
 }
 
 /// (IA)^3 as T-Few / peft put it on T5: `k`, `v` outputs and the input of the FFN down-projection `wo`.

@@ -35,9 +35,9 @@ impl OptimizerKind {
     }
 }
 
-/// Optimiser settings of one training stage.
+/// Optimiser settings of one training stage; a missing field takes its [`Default`] value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
     #[serde(default)]
     pub optimizer: OptimizerKind,

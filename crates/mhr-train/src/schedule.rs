@@ -13,6 +13,16 @@ pub enum Schedule {
     },
 }
 
+impl Default for Schedule {
+    /// Linear warm-up over 6% of the steps, then linear decay to 0 (mttl's SNI runs).
+    fn default() -> Self {
+        Schedule::Linear {
+            warmup_fraction: 0.06,
+            floor: 0.0,
+        }
+    }
+}
+
 impl Schedule {
     /// The multiplier of the peak learning rate at `step` (0-based, the step about to be taken) of `total`.
     pub fn factor(&self, step: usize, total: usize) -> f64 {

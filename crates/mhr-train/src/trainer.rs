@@ -21,42 +21,37 @@ use mhr_models::T5ForConditionalGeneration;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::TrainBatch;
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{Checkpoint, Checkpointer};
 use crate::data::{StepData, mix};
 use crate::error::TrainError;
 use crate::losses::label_smoothed_nll;
 use crate::optim::{OptimConfig, StageOptimizer, TwoSpeedRecord};
 use crate::schedule::Schedule;
 
-/// One stage's settings.
+/// One stage's settings; a missing field takes its [`Default`] value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub steps: usize,
     /// Examples per micro-batch.
     pub batch_size: usize,
     /// Micro-batches accumulated into one optimiser step.
-    #[serde(default = "one")]
     pub grad_accumulation: usize,
     pub optim: OptimConfig,
     pub schedule: Schedule,
     pub seed: u64,
     /// 0: the model's mean token cross entropy; ε > 0: fairseq's label-smoothed NLL (SNI runs, ε = 0.1).
-    #[serde(default)]
     pub label_smoothing: f64,
     /// Sample relaxed-Bernoulli routing (when the routers enable it) instead of σ(Z).
-    #[serde(default = "yes")]
     pub sampled_routing: bool,
-    #[serde(default = "hundred")]
     pub log_every: usize,
     /// 0: a checkpoint only at the end (when the run has a directory).
-    #[serde(default)]
     pub checkpoint_every: usize,
 }
 
 impl TrainConfig {
-    /// Reads a stage's settings from a `.toml` or `.json` file; an unknown or missing key is an error
-    /// naming it, with the file.
+    /// Reads a stage's settings from a `.toml` or `.json` file; missing keys take their defaults, an unknown
+    /// key is an error naming it, with the file.
     pub fn from_path(path: &Path) -> Result<Self, TrainError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
@@ -83,14 +78,23 @@ fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-fn one() -> usize {
-    1
-}
-fn yes() -> bool {
-    true
-}
-fn hundred() -> usize {
-    100
+impl Default for TrainConfig {
+    /// 1000 steps of 8 examples, the default optimiser and linear schedule, seed 13 (the paper's first SNI
+    /// seed), plain cross entropy, sampled routing, a log line every 100 steps.
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch_size: 8,
+            grad_accumulation: 1,
+            optim: OptimConfig::default(),
+            schedule: Schedule::default(),
+            seed: 13,
+            label_smoothing: 0.0,
+            sampled_routing: true,
+            log_every: 100,
+            checkpoint_every: 0,
+        }
+    }
 }
 
 /// What a run reports.
@@ -228,9 +232,7 @@ pub fn resume<B: AutodiffBackend>(
         )));
     }
     let rec = |e: burn::record::RecorderError| TrainError::Checkpoint(e.to_string());
-    let model_record =
-        Recorder::<B>::load(&recorder(), checkpoint.file("model.mpk")?.to_vec(), device).map_err(rec)?;
-    let model = model.load_record(model_record);
+    let model = model_from(&checkpoint, model, device)?;
     let optim_bytes = checkpoint.file("optim.mpk")?.to_vec();
     let optim = match StageOptimizer::new(config.clone(), &model) {
         StageOptimizer::AdamW(o) => {
@@ -245,6 +247,30 @@ pub fn resume<B: AutodiffBackend>(
         }
     };
     Ok((model, optim, checkpoint.step))
+}
+
+fn model_from<B: Backend>(
+    checkpoint: &Checkpoint,
+    model: Model<B>,
+    device: &B::Device,
+) -> Result<Model<B>, TrainError> {
+    let bytes = checkpoint.file("model.mpk")?.to_vec();
+    let record =
+        Recorder::<B>::load(&recorder(), bytes, device).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    Ok(model.load_record(record))
+}
+
+/// The weights of `run`'s latest checkpoint put into `model` (which must have the structure it was saved
+/// with), and that checkpoint's step; `None` when the run has no checkpoint.
+pub fn load_latest<B: Backend>(
+    run: &RunDir,
+    model: Model<B>,
+    device: &B::Device,
+) -> Result<Option<(Model<B>, usize)>, TrainError> {
+    match run.checkpoints().load_latest()? {
+        Some(checkpoint) => Ok(Some((model_from(&checkpoint, model, device)?, checkpoint.step))),
+        None => Ok(None),
+    }
 }
 
 /// A model's device (its first parameter's).
@@ -522,7 +548,6 @@ floor = 0.0
                 "warmup",
             ),
             ("kind.toml", TOML.replace("\"adafactor\"", "\"adam\""), "adam"),
-            ("missing.toml", TOML.replace("steps = 1000\n", ""), "steps"),
             (
                 "top.json",
                 serde_json::to_string(&t0_few_shot())
@@ -545,6 +570,9 @@ floor = 0.0
         .to_string();
         assert!(err.ends_with("unknown field `beta1`, expected one of `optimizer`, `lr`, `routing_lr`, \
             `weight_decay`, `routing_weight_decay`, `max_grad_norm`, `epsilon`, `scale_parameter` at line 10 column 1"), "{err}");
+        // A missing key takes its default (the CLI's `[train]` table relies on it).
+        let missing = load(dir.path(), "missing.toml", &TOML.replace("seed = 3\n", "")).unwrap();
+        assert_eq!(missing.seed, TrainConfig::default().seed);
         let err = load(dir.path(), "t0.yaml", TOML).unwrap_err().to_string();
         assert!(err.contains("t0.yaml") && err.contains(".toml or .json"), "{err}");
     }

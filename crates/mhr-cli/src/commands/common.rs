@@ -26,7 +26,8 @@ pub struct ModelArgs {
     /// with its shards).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// peft adapter folder (adapter_config.json + adapter_model.safetensors) of type POLY, LORA or IA3.
+    /// peft adapter folder (adapter_config.json + adapter_model.safetensors) of type POLY, LORA or IA3, or
+    /// a finished run folder of `mhr train` / `mhr adapt` (its `adapter/`).
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
     /// Backend and device: cpu, ndarray, flex, wgpu[:N] or cuda[:N] (as compiled in; see `mhr devices`).
@@ -69,8 +70,17 @@ impl ModelArgs {
                 if !dir.is_dir() {
                     bail!("--adapter {}: not a directory", dir.display());
                 }
+                // A finished run of `mhr train` / `mhr adapt` holds its final adapters in `adapter/`.
+                let run_adapter = dir.join(crate::commands::run_dir::ADAPTER_DIR);
+                let folder = if !dir.join(mhr_core::peft::CONFIG_FILE).exists()
+                    && run_adapter.join(mhr_core::peft::CONFIG_FILE).is_file()
+                {
+                    run_adapter
+                } else {
+                    dir.clone()
+                };
                 let adapter =
-                    PeftAdapter::load(dir).with_context(|| format!("--adapter {}", dir.display()))?;
+                    PeftAdapter::load(&folder).with_context(|| format!("--adapter {}", dir.display()))?;
                 let n_tasks = match adapter.config.kind {
                     PeftKind::Poly { n_tasks, .. } => Some(n_tasks),
                     PeftKind::Lora { .. } | PeftKind::Ia3 { .. } => None,

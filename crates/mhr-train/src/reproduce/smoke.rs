@@ -9,25 +9,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::module::AutodiffModule;
-use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TargetModules;
-use mhr_core::{Method, RoutingConfig, RoutingContext, RoutingMode};
+use mhr_core::{Method, RoutingConfig};
 use mhr_data::{
-    ByteTokenizer, EncodedExample, Encoder, EncoderConfig, Example, SniDir, SniOptions, SniPromptFormat,
-    SniTestSet, Task, TaskIndex, TaskList, TextTokenizer, sni_few_shot,
+    ByteTokenizer, Encoder, EncoderConfig, Example, SniDir, SniPromptFormat, SniTestSet, Task, TaskIndex,
+    TaskList, sni_few_shot,
 };
-use mhr_models::{GenerationConfig, T5Config, T5ForConditionalGeneration};
+use mhr_models::{T5Config, T5ForConditionalGeneration};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::TokenizedExample;
 use crate::data::{ShuffledEpochs, mix};
 use crate::error::TrainError;
 use crate::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
-use crate::metrics::rouge_l;
 use crate::optim::OptimConfig;
 use crate::reproduce::report::{ResultRow, Results, write_results};
 use crate::schedule::Schedule;
+use crate::sni::{data_error, encode_all, score_generations};
 use crate::trainer::{RunOptions, TrainConfig, train, write_json};
 
 type Model<B> = T5ForConditionalGeneration<B>;
@@ -86,78 +84,9 @@ fn model_config() -> T5Config {
     .expect("a valid literal config")
 }
 
-fn data_error(e: mhr_data::DataError) -> TrainError {
-    TrainError::Config(e.to_string())
-}
-
 fn load_tasks(sni: &SniDir, list: &Path, n: usize, max: usize) -> Result<Vec<Task>, TrainError> {
     let list = TaskList::read(list).map_err(data_error)?;
-    let options = SniOptions {
-        max_instances: Some(max),
-        english_only: true,
-        format: SniPromptFormat::Mttl,
-    };
-    sni.load(&list, options)
-        .map_err(data_error)?
-        .take(n)
-        .map(|t| t.map_err(data_error))
-        .collect()
-}
-
-fn tokenized(e: &EncodedExample) -> TokenizedExample {
-    TokenizedExample {
-        input_ids: e.input_ids.iter().map(|&i| i64::from(i)).collect(),
-        labels: e.labels.iter().map(|&i| i64::from(i)).collect(),
-        task_id: e.task_id,
-    }
-}
-
-fn encode_all(
-    encoder: &Encoder,
-    examples: &[Example],
-    task_id: usize,
-) -> Result<Vec<TokenizedExample>, TrainError> {
-    examples
-        .iter()
-        .map(|e| {
-            encoder
-                .encode(e, task_id)
-                .map(|x| tokenized(&x))
-                .map_err(data_error)
-        })
-        .collect()
-}
-
-/// Mean Rouge-L of greedy generations against every reference of each example.
-fn rouge_of<B: Backend>(
-    model: &Model<B>,
-    encoder: &Encoder,
-    examples: &[Example],
-    task_id: usize,
-    max_new_tokens: usize,
-) -> Result<f64, TrainError> {
-    let device = crate::trainer::device_of(model);
-    let encoded = encode_all(encoder, examples, task_id)?;
-    let batch = crate::batch::TrainBatch::<B>::from_examples(&encoded, 0, &device);
-    let ctx = RoutingContext::new(batch.task_ids, RoutingMode::Deterministic);
-    let generated = model.generate(
-        batch.input_ids,
-        batch.attention_mask,
-        &ctx,
-        &GenerationConfig::greedy(max_new_tokens),
-    )?;
-    let [b, t] = generated.dims();
-    let ids: Vec<i64> = generated.into_data().iter::<i64>().collect();
-    let mut total = 0.0;
-    for (row, example) in examples.iter().enumerate().take(b) {
-        let tokens: Vec<u32> = ids[row * t + 1..(row + 1) * t]
-            .iter()
-            .map(|&i| i as u32)
-            .collect();
-        let text = ByteTokenizer.decode(&tokens).map_err(data_error)?;
-        total += rouge_l(&text, &example.targets);
-    }
-    Ok(total / examples.len().max(1) as f64)
+    crate::sni::load_tasks(sni, &list, max)?.take(n).collect()
 }
 
 fn config(steps: usize, batch: usize, seed: u64) -> TrainConfig {
@@ -285,14 +214,21 @@ where
                 },
             )?;
             let test: Vec<Example> = split.test.iter().take(settings.n_test).cloned().collect();
-            let score = rouge_of(&adapted.valid(), &encoder, &test, id, settings.max_target_len)?;
+            let scores = score_generations(
+                &adapted.valid(),
+                &encoder,
+                &test,
+                id,
+                settings.max_target_len,
+                test.len(),
+            )?;
             rows.push(ResultRow {
                 method: method.name().into(),
                 task: task.name.clone(),
                 k: settings.k,
                 seed: settings.seed,
                 metric: "rouge_l".into(),
-                value: score,
+                value: scores.rouge_l,
             });
         }
         eprintln!("smoke: {method} done");

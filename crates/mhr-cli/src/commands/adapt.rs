@@ -1,0 +1,243 @@
+//! `mhr adapt`: few-shot adaptation of a pre-training run to one task (its own routing row, or a single
+//! adapter), as the method's variant prescribes: the whole adapter (`poly`, `mhr`), only the routing
+//! (`-z`), the average of the skills as one LoRA (`-mu`), a fresh LoRA (`private`), the same adapter
+//! (`lora`, `ia3`) or the whole model (`full-ft`). The result is a run folder of its own.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+use mhr_core::peft::TASKS_FILE;
+use mhr_train::batch::TokenizedExample;
+use mhr_train::data::{ShuffledEpochs, mix};
+use mhr_train::sni::encode_all;
+use mhr_train::trainer::{RunDir, RunOptions, train};
+
+use crate::commands::common::catch_panics;
+use crate::commands::run_dir::{
+    ADAPT_CONFIG, ADAPTER_DIR, AdaptSettings, Run, RunKind, absolute, check_model_dir, parse_method,
+    peft_adapter, read_toml, write_toml,
+};
+use crate::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The pre-training run (a folder of `mhr train`).
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    pub run: Option<PathBuf>,
+    /// The task to adapt to (an SNI task name; routed methods need its row: list it in held_out_tasks).
+    #[arg(long, required_unless_present = "resume")]
+    pub task: Option<String>,
+    /// Number of training examples, drawn by --seed from the instances after the test set.
+    #[arg(long, required_unless_present = "resume")]
+    pub k: Option<usize>,
+    #[arg(long, required_unless_present = "resume")]
+    pub seed: Option<u64>,
+    /// The variant to adapt with (default: the run's method), e.g. mhr-z or mhr-mu for an mhr run.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Examples per step (default: the run's batch size, at most k).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate of the adapters (default: the run's).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Peak learning rate of the routing logits (default: the run's).
+    #[arg(long)]
+    pub routing_lr: Option<f64>,
+    /// The first N instances of the task file are its test set (never trained on).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub test_instances: usize,
+    /// The run folder to create (it must not exist, or be empty), or with --resume to continue.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Continue the adaptation in --out from its latest checkpoint, with its own adapt.toml.
+    #[arg(long, conflicts_with_all = ["run", "task", "k", "seed", "method", "batch_size", "lr", "routing_lr"])]
+    pub resume: bool,
+    /// Stop after this many steps (checkpointed) as if interrupted; --resume continues exactly.
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
+    /// Backend and device: cpu, ndarray, flex, wgpu[:N] or cuda[:N] (as compiled in).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+impl Args {
+    /// The settings of a new adaptation of `pretrained`.
+    fn settings(&self, pretrained: &Run) -> Result<AdaptSettings> {
+        let (Some(task), Some(k), Some(seed)) = (&self.task, self.k, self.seed) else {
+            bail!("--task, --k and --seed are required");
+        };
+        if k == 0 || self.steps == 0 {
+            bail!("--k and --steps must be positive");
+        }
+        let mut train = pretrained.settings.train.clone();
+        train.steps = self.steps;
+        train.seed = seed;
+        train.batch_size = self.batch_size.unwrap_or(train.batch_size).clamp(1, k);
+        train.checkpoint_every = 0;
+        if let Some(lr) = self.lr {
+            train.optim.lr = lr;
+        }
+        if let Some(lr) = self.routing_lr {
+            train.optim.routing_lr = lr;
+        }
+        Ok(AdaptSettings {
+            pretrained: absolute(&pretrained.dir)?,
+            method: self
+                .method
+                .clone()
+                .unwrap_or_else(|| pretrained.method.to_string()),
+            task: task.clone(),
+            k,
+            seed,
+            test_instances: self.test_instances,
+            train,
+        })
+    }
+}
+
+/// The adaptation run (its model is the pre-trained one prepared for the method) and its k examples.
+struct AdaptTask {
+    run: Run,
+    examples: Vec<TokenizedExample>,
+    stop_after: Option<usize>,
+}
+
+impl BackendTask for AdaptTask {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Result<()> {
+        let RunKind::Adapt(adapt, _) = &self.run.kind else {
+            bail!("{}: not an adaptation run", self.run.dir.display());
+        };
+        let model = self.run.skeleton::<B>(&device)?;
+        let task_id = self.examples.first().map_or(0, |e| e.task_id);
+        let config = &adapt.train;
+        let sampler = ShuffledEpochs::new(
+            &self.examples,
+            config.batch_size,
+            config.grad_accumulation,
+            mix(config.seed, task_id as u64),
+        );
+        let dir = RunDir::new(&self.run.dir);
+        // Ctrl-C checkpoints the steps done and stops (a second one exits at once).
+        let interrupt = mhr_train::interrupt::sigint_flag()?;
+        let options = RunOptions {
+            dir: Some(&dir),
+            stop_after: self.stop_after,
+            label: "adapt",
+            interrupt: Some(&interrupt),
+        };
+        let (model, outcome) = train(model, &sampler, config, &options)?;
+        if outcome.interrupted {
+            bail!(
+                "interrupted after step {} of {}; its checkpoint is written, continue with --resume",
+                outcome.steps,
+                config.steps
+            );
+        }
+        if outcome.steps == config.steps
+            && let Some(adapter) = peft_adapter(&model, &self.run.tasks, &self.run.settings.model)?
+        {
+            adapter.save(self.run.dir.join(ADAPTER_DIR))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    ensure_compiled(args.device)?;
+    let config_path = args.out.join(ADAPT_CONFIG);
+    let adapt = if args.resume {
+        if !config_path.is_file() {
+            bail!(
+                "--resume: {} not found; start the adaptation without --resume",
+                config_path.display()
+            );
+        }
+        read_toml::<AdaptSettings>(&config_path)?
+    } else {
+        if args.out.exists() && std::fs::read_dir(&args.out).map_or(true, |mut d| d.next().is_some()) {
+            bail!(
+                "--out {}: exists and is not an empty folder; use --resume to continue an adaptation",
+                args.out.display()
+            );
+        }
+        let dir = args.run.as_deref().context("--run is required")?;
+        args.settings(&Run::open(dir)?)?
+    };
+    let pretrained = Run::open(&adapt.pretrained)?;
+    // The method comes from --method (or the run) on a new adaptation, from adapt.toml on --resume.
+    let origin = if args.resume {
+        config_path.clone()
+    } else {
+        PathBuf::from("--method")
+    };
+    if !matches!(pretrained.kind, RunKind::Pretrain) {
+        bail!(
+            "--run {}: an adaptation run; adapt a pre-training run (of `mhr train`)",
+            pretrained.dir.display()
+        );
+    }
+    let method = parse_method(&adapt.method, &origin)?;
+    if method.pretraining_method() != pretrained.method.pretraining_method() {
+        bail!(
+            "--method {method}: the run pre-trained {}, whose variants are {}",
+            pretrained.method,
+            variants(pretrained.method)
+        );
+    }
+    let tasks_path = pretrained.dir.join(TASKS_FILE);
+    let task_id = match pretrained.tasks.id(&adapt.task) {
+        Ok(id) => id,
+        Err(_) if !method.is_routed() => 0,
+        Err(_) => bail!(
+            "--task {}: not among the {} tasks of {} (a routed method needs the task's routing row: list it in \
+             held_out_tasks when training)",
+            adapt.task,
+            pretrained.tasks.len(),
+            tasks_path.display()
+        ),
+    };
+    let model_config = check_model_dir(&pretrained.settings.model)?;
+    let encoder = pretrained.settings.encoder(&model_config)?;
+    let split = adapt.split(&pretrained.settings)?;
+    let examples = encode_all(&encoder, &split.train, task_id)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
+    if !args.resume {
+        write_toml(&config_path, &adapt)?;
+        pretrained.tasks.save(args.out.join(TASKS_FILE))?;
+    }
+    let run = Run {
+        dir: args.out.clone(),
+        settings: pretrained.settings.clone(),
+        method,
+        tasks: pretrained.tasks.clone(),
+        kind: RunKind::Adapt(Box::new(adapt), Box::new(pretrained)),
+    };
+    let spec = args.device;
+    catch_panics(&format!("adapting on `{spec}`"), || {
+        with_backend(
+            spec,
+            AdaptTask {
+                run,
+                examples,
+                stop_after: args.stop_after,
+            },
+        )
+    })
+}
+
+/// The methods that share `method`'s pre-training.
+fn variants(method: mhr_core::Method) -> String {
+    let names: Vec<&str> = mhr_core::Method::ALL
+        .into_iter()
+        .filter(|m| m.pretraining_method() == method.pretraining_method())
+        .map(|m| m.name())
+        .collect();
+    names.join(", ")
+}

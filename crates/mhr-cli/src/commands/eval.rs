@@ -1,0 +1,166 @@
+//! `mhr eval`: Rouge-L and exact match of greedy generations on the test set of each adaptation run's
+//! task (the instances `mhr adapt` held out), written as `results.json` rows
+//! `{method, task, k, seed, metric, value}` (DESIGN.md's schema), one pair of rows per run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use mhr_data::{Encoder, Example};
+use mhr_train::reproduce::{ResultRow, Results};
+use mhr_train::sni::{GenerationScores, greedy_texts};
+use mhr_train::trainer::write_json;
+use serde_json::json;
+
+use crate::commands::common::catch_panics;
+use crate::commands::run_dir::{AdaptSettings, Run, RunKind, check_model_dir};
+use crate::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
+
+/// `preset` of the results written by `mhr eval`.
+pub const PRESET: &str = "mhr-eval";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Adaptation runs (folders of `mhr adapt`); repeat for several methods, tasks or seeds.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub run: Vec<PathBuf>,
+    /// Evaluate the first N test instances only (default: all of them).
+    #[arg(long, value_name = "N")]
+    pub n_test: Option<usize>,
+    /// Longest generation (default: the run's max_target_len).
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Examples generated at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// results.json to write.
+    #[arg(long, value_name = "FILE.json")]
+    pub out: PathBuf,
+    /// Also write one JSON line per test example: run, id, prediction, references.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub predictions: Option<PathBuf>,
+    /// Backend and device: cpu, ndarray, flex, wgpu[:N] or cuda[:N] (as compiled in).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+/// One run to evaluate, prepared on the host.
+struct Job {
+    run: Run,
+    adapt: AdaptSettings,
+    encoder: Encoder,
+    test: Vec<Example>,
+    task_id: usize,
+    max_new_tokens: usize,
+}
+
+struct EvalTask<'a> {
+    jobs: &'a [Job],
+    batch_size: usize,
+}
+
+impl BackendTask for EvalTask<'_> {
+    /// The greedy predictions of each job.
+    type Output = Vec<Vec<String>>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Result<Self::Output> {
+        let mut all = Vec::new();
+        for job in self.jobs {
+            let model = job.run.load_model::<B>(&device)?.valid();
+            all.push(greedy_texts(
+                &model,
+                &job.encoder,
+                &job.test,
+                job.task_id,
+                job.max_new_tokens,
+                self.batch_size,
+            )?);
+        }
+        Ok(all)
+    }
+}
+
+fn job(dir: &Path, args: &Args) -> Result<Job> {
+    let run = Run::open(dir)?;
+    let RunKind::Adapt(adapt, _) = &run.kind else {
+        bail!(
+            "--run {}: a pre-training run; evaluate the runs of `mhr adapt`",
+            dir.display()
+        );
+    };
+    let adapt = (**adapt).clone();
+    let model_config = check_model_dir(&run.settings.model)?;
+    let encoder = run.settings.encoder(&model_config)?;
+    let mut test = adapt.split(&run.settings)?.test;
+    if let Some(n) = args.n_test {
+        test.truncate(n);
+    }
+    let task_id = if run.method.is_routed() {
+        run.tasks.id(&adapt.task)?
+    } else {
+        run.tasks.id(&adapt.task).unwrap_or(0)
+    };
+    let max_new_tokens = args.max_new_tokens.unwrap_or(run.settings.max_target_len);
+    Ok(Job {
+        run,
+        adapt,
+        encoder,
+        test,
+        task_id,
+        max_new_tokens,
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    ensure_compiled(args.device)?;
+    for out in std::iter::once(&args.out).chain(&args.predictions) {
+        crate::commands::common::check_out_path(out)?;
+    }
+    let jobs: Vec<Job> = args
+        .run
+        .iter()
+        .map(|dir| job(dir, &args))
+        .collect::<Result<_>>()?;
+    let spec = args.device;
+    let task = EvalTask {
+        jobs: &jobs,
+        batch_size: args.batch_size as usize,
+    };
+    let predictions = catch_panics(&format!("evaluating on `{spec}`"), || with_backend(spec, task))?;
+    let mut rows = Vec::new();
+    let mut lines = String::new();
+    for (texts, job) in predictions.iter().zip(&jobs) {
+        let (adapt, test) = (&job.adapt, &job.test);
+        let scores = GenerationScores::of(texts, test);
+        for (metric, value) in [("rouge_l", scores.rouge_l), ("exact_match", scores.exact_match)] {
+            rows.push(ResultRow {
+                method: job.run.method.to_string(),
+                task: adapt.task.clone(),
+                k: adapt.k,
+                seed: adapt.seed,
+                metric: metric.into(),
+                value,
+            });
+        }
+        for (text, example) in texts.iter().zip(test) {
+            let line = json!({"run": job.run.dir, "id": example.id, "prediction": text, "references": example.targets});
+            lines.push_str(&format!("{line}\n"));
+        }
+    }
+    let results = Results {
+        preset: PRESET.into(),
+        rows,
+    };
+    if let Some(path) = &args.predictions {
+        mhr_core::io::write_atomic(path, lines.as_bytes())
+            .with_context(|| format!("cannot write --predictions {}", path.display()))?;
+    }
+    write_json(&args.out, &results).with_context(|| format!("cannot write --out {}", args.out.display()))?;
+    let mut stdout = std::io::stdout().lock();
+    for row in &results.rows {
+        writeln!(stdout, "{}", serde_json::to_string(row)?).context("cannot write to stdout")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! The run folder that `mhr train` and `mhr adapt` write and `adapt`, `eval` and `export` read back.
+//!
+//! ```text
+//! RUN/config.toml      the resolved pre-training settings (absolute paths)    — `mhr train`
+//! RUN/adapt.toml       the few-shot settings and the pre-training run used      — `mhr adapt`
+//! RUN/tasks.json       task name ↔ routing-row id
+//! RUN/metrics.jsonl    one line per logged step
+//! RUN/checkpoints/     model + optimiser state (the source of truth, and what --resume continues)
+//! RUN/adapter/         the final adapters as a peft folder (absent for full-ft)
+//! ```
+//!
+//! A run's model is rebuilt from its settings (base checkpoint, method, sizes; for an adapted run the
+//! pre-trained run's model prepared for adaptation) and its latest checkpoint's weights put into it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use mhr_core::Method;
+use mhr_core::TaskMap;
+use mhr_core::peft::{PeftAdapter, PeftKind, TASKS_FILE, TargetModules};
+use mhr_data::{
+    ByteTokenizer, Encoder, EncoderConfig, FewShotSplit, HfTokenizer, SniDir, SniPromptFormat, SniTask,
+    SniTestSet, TextTokenizer, sni_few_shot,
+};
+use mhr_models::{CONFIG_FILE, T5Config, T5ForConditionalGeneration, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
+use mhr_train::trainer::{RunDir, TrainConfig, load_latest};
+use serde::{Deserialize, Serialize};
+
+pub type Model<B> = T5ForConditionalGeneration<B>;
+
+pub const TRAIN_CONFIG: &str = "config.toml";
+pub const ADAPT_CONFIG: &str = "adapt.toml";
+/// The final adapters of a run, as a peft folder.
+pub const ADAPTER_DIR: &str = "adapter";
+/// `tokenizer = "byte"`: ByT5-style byte tokens, for models that ship no `tokenizer.json`.
+pub const BYTE_TOKENIZER: &str = "byte";
+
+/// `config.toml` of `mhr train`: multi-task pre-training of one method on SNI tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    /// A method of the table (`lora`, `ia3`, `private`, `poly`, `mhr`, `full-ft`, …); `-z` / `-mu`
+    /// variants pre-train as their base method.
+    pub method: String,
+    /// HF T5 folder: config.json + model.safetensors (or its sharded index).
+    pub model: PathBuf,
+    /// A tokenizer.json, or `byte`; default: the model folder's tokenizer.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// A Super-NaturalInstructions folder (`tasks/*.json`).
+    pub sni: PathBuf,
+    /// Task list file (one name per line) of the training tasks.
+    pub train_tasks: PathBuf,
+    /// Task list file of held-out tasks: they get routing rows (untouched in pre-training) for `mhr adapt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_tasks: Option<PathBuf>,
+    /// Instances kept per task, in file order.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: usize,
+    #[serde(default = "default_max_source_len")]
+    pub max_source_len: usize,
+    #[serde(default = "default_max_target_len")]
+    pub max_target_len: usize,
+    /// Adapted linear layers, by HF module name (peft's `target_modules`); (IA)^3 has fixed sites.
+    #[serde(default = "default_targets")]
+    pub target_modules: Vec<String>,
+    #[serde(default)]
+    pub adapter: AdapterSizes,
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+fn default_max_instances() -> usize {
+    164
+}
+fn default_max_source_len() -> usize {
+    512
+}
+fn default_max_target_len() -> usize {
+    128
+}
+fn default_targets() -> Vec<String> {
+    ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `adapt.toml` of `mhr adapt`: few-shot adaptation of a pre-trained run to one held-out task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptSettings {
+    /// The pre-training run (absolute path).
+    pub pretrained: PathBuf,
+    /// The adaptation variant: the pre-trained method, or its `-z` / `-mu` variant.
+    pub method: String,
+    pub task: String,
+    /// Training examples drawn by `seed` (after the test set is taken out).
+    pub k: usize,
+    pub seed: u64,
+    /// The first `test_instances` instances of the task file are its test set, never trained on.
+    pub test_instances: usize,
+    pub train: TrainConfig,
+}
+
+/// Reads a TOML file into `T`, naming the file (and the line, or the unknown key) on error.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+}
+
+/// Writes `value` as TOML, atomically.
+pub fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = toml::to_string_pretty(value).with_context(|| format!("cannot write {}", path.display()))?;
+    mhr_core::io::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// Parses a method name, naming where it came from.
+pub fn parse_method(name: &str, origin: &Path) -> Result<Method> {
+    name.parse::<Method>()
+        .map_err(|e| anyhow::anyhow!("{}: method: {e}", origin.display()))
+}
+
+/// Checks a model folder on the host: config.json parses and the weights file exists.
+pub fn check_model_dir(dir: &Path) -> Result<T5Config> {
+    if !dir.is_dir() {
+        bail!("model {}: not a directory", dir.display());
+    }
+    let config = T5Config::load(dir.join(CONFIG_FILE)).with_context(|| format!("model {}", dir.display()))?;
+    if !dir.join(WEIGHTS_FILE).is_file() && !dir.join(WEIGHTS_INDEX_FILE).is_file() {
+        bail!(
+            "{}: not found (nor {WEIGHTS_INDEX_FILE}): the model folder has no weights",
+            dir.join(WEIGHTS_FILE).display()
+        );
+    }
+    Ok(config)
+}
+
+impl TrainSettings {
+    pub fn method(&self, origin: &Path) -> Result<Method> {
+        parse_method(&self.method, origin)
+    }
+
+    /// The tokenizer of `tokenizer` (or the model's), checked against the model's vocabulary.
+    pub fn tokenizer(&self, model: &T5Config) -> Result<Arc<dyn TextTokenizer>> {
+        let tokenizer: Arc<dyn TextTokenizer> = match self.tokenizer.as_deref() {
+            Some(BYTE_TOKENIZER) => Arc::new(ByteTokenizer),
+            Some(path) => Arc::new(HfTokenizer::from_file(Path::new(path))?),
+            None => {
+                let path = self.model.join("tokenizer.json");
+                if !path.is_file() {
+                    bail!(
+                        "{}: not found; set `tokenizer` (--tokenizer) to a tokenizer.json or to `byte`",
+                        path.display()
+                    );
+                }
+                Arc::new(HfTokenizer::from_file(&path)?)
+            }
+        };
+        let shown = self.tokenizer.as_deref().unwrap_or("the model's tokenizer.json");
+        if tokenizer.vocab_size() > model.vocab_size {
+            bail!(
+                "tokenizer {shown} produces {} ids but the model's vocab_size is {}",
+                tokenizer.vocab_size(),
+                model.vocab_size
+            );
+        }
+        Ok(tokenizer)
+    }
+
+    /// The encoder of the run's prompts (mttl's SNI format) and lengths.
+    pub fn encoder(&self, model: &T5Config) -> Result<Encoder> {
+        let config = EncoderConfig {
+            max_source_len: self.max_source_len,
+            max_target_len: self.max_target_len,
+            source_suffix: SniPromptFormat::Mttl.source_suffix().map(String::from),
+        };
+        Ok(Encoder::new(self.tokenizer(model)?, config)?)
+    }
+
+    pub fn targets(&self) -> TargetModules {
+        TargetModules::Names(self.target_modules.clone())
+    }
+
+    /// The base model with the method's pre-training adapters (initialised from the run's seed).
+    pub fn skeleton<B: Backend>(
+        &self,
+        method: Method,
+        n_tasks: usize,
+        device: &B::Device,
+    ) -> Result<Model<B>> {
+        let model = Model::<B>::load(&self.model, device)
+            .with_context(|| format!("model {}", self.model.display()))?;
+        B::seed(device, self.train.seed);
+        Ok(attach_pretraining(
+            model,
+            method,
+            &self.adapter,
+            &self.targets(),
+            n_tasks,
+        )?)
+    }
+}
+
+impl AdaptSettings {
+    /// The few-shot split of `task` (loaded with room for the test set and `2k` more instances).
+    pub fn split(&self, pretrained: &TrainSettings) -> Result<FewShotSplit> {
+        let sni = SniDir::open(&pretrained.sni)?;
+        let max = pretrained.max_instances.max(self.test_instances + 2 * self.k);
+        let task = SniTask::read(&sni.task_path(&self.task), Some(max))?.to_task(&SniPromptFormat::Mttl);
+        Ok(sni_few_shot(
+            &task,
+            SniTestSet::First(self.test_instances),
+            self.k,
+            self.seed,
+        )?)
+    }
+}
+
+/// What a run folder holds: pre-training, or the adaptation of a pre-training run.
+#[derive(Debug, Clone)]
+pub enum RunKind {
+    Pretrain,
+    Adapt(Box<AdaptSettings>, Box<Run>),
+}
+
+/// A run folder, read back.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub dir: PathBuf,
+    /// The pre-training settings (of the pre-trained run, for an adapted one).
+    pub settings: TrainSettings,
+    /// The method whose adapters the run's model carries.
+    pub method: Method,
+    pub tasks: TaskMap,
+    pub kind: RunKind,
+}
+
+impl Run {
+    /// Opens a run folder written by `mhr train` or `mhr adapt`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("--run {}: not a directory", dir.display());
+        }
+        let tasks_path = dir.join(TASKS_FILE);
+        let adapt_path = dir.join(ADAPT_CONFIG);
+        let train_path = dir.join(TRAIN_CONFIG);
+        if adapt_path.is_file() {
+            let adapt: AdaptSettings = read_toml(&adapt_path)?;
+            let method = parse_method(&adapt.method, &adapt_path)?;
+            let pretrained =
+                Run::open(&adapt.pretrained).with_context(|| format!("{}", adapt_path.display()))?;
+            Ok(Self {
+                dir: dir.to_path_buf(),
+                settings: pretrained.settings.clone(),
+                method,
+                tasks: pretrained.tasks.clone(),
+                kind: RunKind::Adapt(Box::new(adapt), Box::new(pretrained)),
+            })
+        } else if train_path.is_file() {
+            let settings: TrainSettings = read_toml(&train_path)?;
+            let method = settings.method(&train_path)?;
+            let tasks = TaskMap::load(&tasks_path)?;
+            Ok(Self {
+                dir: dir.to_path_buf(),
+                settings,
+                method,
+                tasks,
+                kind: RunKind::Pretrain,
+            })
+        } else {
+            bail!(
+                "--run {}: not an mhr run (no {TRAIN_CONFIG} or {ADAPT_CONFIG})",
+                dir.display()
+            );
+        }
+    }
+
+    /// The steps the run is configured for.
+    pub fn total_steps(&self) -> usize {
+        match &self.kind {
+            RunKind::Pretrain => self.settings.train.steps,
+            RunKind::Adapt(adapt, _) => adapt.train.steps,
+        }
+    }
+
+    /// The run's model structure, before its own checkpoint is loaded: the pre-training skeleton, or the
+    /// pre-trained model (with its final weights) prepared for adaptation.
+    pub fn skeleton<B: Backend>(&self, device: &B::Device) -> Result<Model<B>> {
+        match &self.kind {
+            RunKind::Pretrain => self.settings.skeleton(self.method, self.tasks.len(), device),
+            RunKind::Adapt(adapt, pretrained) => {
+                let model = pretrained.load_model::<B>(device)?;
+                B::seed(device, adapt.seed);
+                Ok(prepare_adaptation(model, self.method, &self.settings.adapter)?)
+            }
+        }
+    }
+
+    /// The run's trained model: its skeleton with the weights of its final checkpoint. A run that stopped
+    /// before its last step is refused.
+    pub fn load_model<B: Backend>(&self, device: &B::Device) -> Result<Model<B>> {
+        let skeleton = self.skeleton::<B>(device)?;
+        let Some((model, step)) = load_latest(&RunDir::new(&self.dir), skeleton, device)? else {
+            bail!("{}: the run has no checkpoint", self.dir.display());
+        };
+        if step < self.total_steps() {
+            bail!(
+                "{}: the run stopped at step {step} of {}; finish it with --resume first",
+                self.dir.display(),
+                self.total_steps()
+            );
+        }
+        Ok(model)
+    }
+}
+
+/// The adapters of `model` as a peft folder (with the task names when they route by task); `None` when
+/// the model has no adapters (full fine-tuning).
+pub fn peft_adapter<B: Backend>(
+    model: &Model<B>,
+    tasks: &TaskMap,
+    base_model: &Path,
+) -> Result<Option<PeftAdapter>> {
+    let mut modules = Vec::new();
+    model.for_each_site(|path, site| {
+        if let Some(adapter) = &site.adapter {
+            modules.push((path.to_string(), adapter.clone()));
+        }
+    });
+    if modules.is_empty() {
+        return Ok(None);
+    }
+    let mut adapter = PeftAdapter::from_adapters(&modules, base_model.to_str())?;
+    if matches!(adapter.config.kind, PeftKind::Poly { .. }) {
+        adapter.tasks = Some(tasks.clone());
+    }
+    Ok(Some(adapter))
+}
+
+/// Resolves a path to an absolute one (so that a run's config works from any directory).
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("{}", path.display()))
+}
