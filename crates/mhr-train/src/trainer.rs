@@ -201,9 +201,9 @@ fn save_checkpoint<B: AutodiffBackend>(
     )
 }
 
-/// The model and optimiser for a run: restored from the latest checkpoint of `run` when there is one (the
-/// optimiser is built after the model is restored, since parameter ids come from the record); returns the
-/// step to start at.
+/// The model and optimiser for a run: restored from the latest checkpoint of `run` when there is one, or
+/// the one before it when that is corrupt (the optimiser is built after the model is restored, since
+/// parameter ids come from the record); returns the step to start at.
 pub fn resume<B: AutodiffBackend>(
     run: Option<&RunDir>,
     model: Model<B>,
