@@ -1,7 +1,8 @@
 //! Crash-safe checkpoints: each one is a folder written under a temporary name, with a CRC-32 of every
 //! file in its manifest, renamed into place, and only then named by the `latest` pointer (written
 //! atomically). A run killed at any moment leaves the previous checkpoint intact and readable; a
-//! corrupted file is caught on load by its checksum.
+//! corrupted file is caught on load by its checksum, and [`Checkpointer::load_latest_good`] then falls back
+//! to the older checkpoint kept beside it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -97,19 +98,38 @@ impl Checkpointer {
         self.prune(step)
     }
 
+    /// Drops checkpoints beyond the `keep` newest up to `latest`, and the temporary files and folders of
+    /// saves that a killed process left half-written (one run writes a run directory at a time).
     fn prune(&self, latest: usize) -> Result<(), TrainError> {
-        let mut steps: Vec<usize> = fs::read_dir(&self.dir)
-            .map_err(io(&self.dir))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
-            .filter(|&s| s <= latest)
-            .collect();
-        steps.sort_unstable();
+        let steps: Vec<usize> = self.steps()?.into_iter().filter(|&s| s <= latest).collect();
         let excess = steps.len().saturating_sub(self.keep);
         for s in &steps[..excess] {
             let d = self.dir.join(Self::name(*s));
             fs::remove_dir_all(&d).map_err(io(&d))?;
         }
+        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let path = entry.map_err(io(&self.dir))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let removed = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                removed.map_err(io(&path))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The steps of the checkpoint folders present, ascending.
+    fn steps(&self) -> Result<Vec<usize>, TrainError> {
+        let mut steps: Vec<usize> = fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+            .collect();
+        steps.sort_unstable();
+        Ok(steps)
     }
 
     /// The checkpoint named by `latest`, verified; `None` when the run has none yet.
@@ -120,6 +140,29 @@ impl Checkpointer {
         }
         let name = fs::read_to_string(&pointer).map_err(io(&pointer))?;
         self.load_dir(&self.dir.join(name.trim())).map(Some)
+    }
+
+    /// [`Self::load_latest`], or when that checkpoint is unreadable or corrupt, the newest older one that
+    /// verifies (with a warning on stderr naming what was refused); the first error when none does.
+    pub fn load_latest_good(&self) -> Result<Option<Checkpoint>, TrainError> {
+        let refused = match self.load_latest() {
+            Err(TrainError::Io(e) | TrainError::Checkpoint(e)) => e,
+            loaded => return loaded,
+        };
+        let pointer = self.dir.join(LATEST);
+        let name = fs::read_to_string(&pointer).map_err(io(&pointer))?;
+        let latest: usize = name
+            .trim()
+            .strip_prefix("step-")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| TrainError::Checkpoint(format!("{}: names no checkpoint", pointer.display())))?;
+        for step in self.steps()?.into_iter().rev().filter(|&s| s < latest) {
+            if let Ok(checkpoint) = self.load_dir(&self.dir.join(Self::name(step))) {
+                eprintln!("warning: checkpoint: {refused}; resuming from the checkpoint of step {step}");
+                return Ok(Some(checkpoint));
+            }
+        }
+        Err(TrainError::Checkpoint(refused))
     }
 
     fn load_dir(&self, dir: &Path) -> Result<Checkpoint, TrainError> {
@@ -177,8 +220,37 @@ mod tests {
         fs::write(dir.path().join("step-000000030/model.mpk"), bytes).unwrap();
         let err = ck.load_latest().unwrap_err().to_string();
         assert!(
-            err.contains("checksum mismatch") && err.contains("model.mpk"),
+            err.contains("checksum mismatch") && err.contains("step-000000030/model.mpk"),
             "{err}"
+        );
+        // The older checkpoint kept beside it is the fallback; with it gone too, the newest error is reported.
+        let fallback = ck.load_latest_good().unwrap().unwrap();
+        assert_eq!(fallback.step, 20);
+        assert_eq!(fallback.file("model.mpk").unwrap(), &[20u8; 100][..]);
+        fs::remove_file(dir.path().join("step-000000020/manifest.json")).unwrap();
+        let err = ck.load_latest_good().unwrap_err().to_string();
+        assert!(err.contains("step-000000030/model.mpk"), "{err}");
+    }
+
+    #[test]
+    fn a_save_removes_what_a_killed_save_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = Checkpointer::new(dir.path(), 2);
+        let half_written = dir.path().join(".step-000000007.4242.tmp");
+        fs::create_dir_all(&half_written).unwrap();
+        fs::write(half_written.join("model.mpk"), b"half").unwrap();
+        fs::write(dir.path().join(".latest.4242.tmp"), b"step-").unwrap();
+        ck.save(7, &[("model.mpk", b"whole")], serde_json::json!({}))
+            .unwrap();
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["latest", "step-000000007"]);
+        assert_eq!(
+            ck.load_latest().unwrap().unwrap().file("model.mpk").unwrap(),
+            b"whole"
         );
     }
 }

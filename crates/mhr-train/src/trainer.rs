@@ -143,7 +143,8 @@ impl RunDir {
         self.path.join("metrics.jsonl")
     }
 
-    /// Appends one JSON line to `metrics.jsonl`.
+    /// Appends one JSON line to `metrics.jsonl`, in one write (a formatted `writeln!` on a file writes
+    /// piece by piece, so a kill could tear the line).
     pub fn log(&self, line: &serde_json::Value) -> Result<(), TrainError> {
         let path = self.metrics_path();
         let mut f = OpenOptions::new()
@@ -151,10 +152,12 @@ impl RunDir {
             .append(true)
             .open(&path)
             .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))?;
-        writeln!(f, "{line}").map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))
+        f.write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| TrainError::Io(format!("{}: {e}", path.display())))
     }
 
-    /// Drops metric lines after `step` (a resumed run writes them again).
+    /// Drops metric lines after `step` (a resumed run writes them again), and any line that is not JSON
+    /// (the torn tail of a killed run).
     fn truncate_metrics(&self, step: usize) -> Result<(), TrainError> {
         let path = self.metrics_path();
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -163,10 +166,11 @@ impl RunDir {
         let kept: String = text
             .lines()
             .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                    .is_none_or(|s| s as usize <= step)
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                    v.get("step")
+                        .and_then(|s| s.as_u64())
+                        .is_none_or(|s| s as usize <= step)
+                })
             })
             .map(|l| format!("{l}\n"))
             .collect();
@@ -201,9 +205,9 @@ fn save_checkpoint<B: AutodiffBackend>(
     )
 }
 
-/// The model and optimiser for a run: restored from the latest checkpoint of `run` when there is one (the
-/// optimiser is built after the model is restored, since parameter ids come from the record); returns the
-/// step to start at.
+/// The model and optimiser for a run: restored from the latest checkpoint of `run` when there is one, or
+/// the one before it when that is corrupt (the optimiser is built after the model is restored, since
+/// parameter ids come from the record); returns the step to start at.
 pub fn resume<B: AutodiffBackend>(
     run: Option<&RunDir>,
     model: Model<B>,
@@ -211,7 +215,7 @@ pub fn resume<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(Model<B>, Optim<B>, usize), TrainError> {
     let checkpoint = match run {
-        Some(run) => run.checkpoints().load_latest()?,
+        Some(run) => run.checkpoints().load_latest_good()?,
         None => None,
     };
     let Some(checkpoint) = checkpoint else {

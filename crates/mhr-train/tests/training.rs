@@ -1,6 +1,8 @@
 //! The training loop on a tiny random T5: the loss falls for every kind of adapter, a run stopped (or
 //! interrupted, by a flag or a real SIGINT) and resumed from its checkpoint ends with the same parameters as
-//! an uninterrupted one under either optimiser, and a non-finite loss leaves the last checkpoint readable.
+//! an uninterrupted one under either optimiser, a non-finite loss leaves the last checkpoint readable, a run
+//! killed (SIGKILL) at any moment leaves a checkpoint that verifies and resumes exactly, and a corrupted
+//! checkpoint is refused by name with resume falling back to the one before it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -599,6 +601,262 @@ fn sigint_checkpoints_and_exits_cleanly() {
         .unwrap()
         .unwrap();
     assert_eq!(latest.step, steps, "the checkpoint holds exactly the steps done");
+}
+
+/// Steps of the killed runs: enough that every kill below lands mid-run.
+const KILLED_RUN_STEPS: usize = 24;
+
+/// A checkpoint after every step, so that a kill can land inside a save.
+fn killed_run_config() -> TrainConfig {
+    TrainConfig {
+        checkpoint_every: 1,
+        ..config(KILLED_RUN_STEPS)
+    }
+}
+
+/// Prints `step N` as step N starts (after the checkpoint of step N is written), for the parent to time
+/// its kill.
+struct Report<'a> {
+    inner: &'a dyn StepData,
+}
+
+impl StepData for Report<'_> {
+    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample> {
+        if micro == 0 {
+            println!("step {step}");
+        }
+        self.inner.examples(step, micro)
+    }
+}
+
+/// The child half of [`sigkill_at_any_moment_leaves_a_resumable_run`]: trains (resuming from the run
+/// directory in `MHR_SIGKILL_CHILD`) until killed. Runs only when that test starts it.
+#[test]
+#[ignore = "started as a child process by sigkill_at_any_moment_leaves_a_resumable_run"]
+fn sigkill_child() {
+    let Some(dir) = std::env::var_os("MHR_SIGKILL_CHILD") else {
+        return;
+    };
+    let run = RunDir::new(std::path::PathBuf::from(dir));
+    let data = examples();
+    let sampler = ShuffledEpochs::new(&data, 8, 1, 0);
+    let options = RunOptions {
+        dir: Some(&run),
+        ..Default::default()
+    };
+    let report = Report { inner: &sampler };
+    train(adapted(Method::Mhr), &report, &killed_run_config(), &options).unwrap();
+}
+
+/// When, after the child announces a step, the parent kills it.
+#[derive(Debug, Clone, Copy)]
+enum KillAt {
+    /// This fraction of the last step's duration later.
+    Fraction(f64),
+    /// As soon as this path inside the temporary folder of the step's checkpoint appears ("": the folder
+    /// itself), i.e. at a chosen point of the save.
+    Saving(&'static str),
+    /// As soon as the step's checkpoint folder is renamed into place, before or after `latest` names it.
+    Renamed,
+}
+
+/// The names in `dir` of temporary files and folders (`.name.pid.tmp`).
+fn temporaries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(unix)]
+#[test]
+fn sigkill_at_any_moment_leaves_a_resumable_run() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    // (step announced, when to kill after it): fixed points spread over a step and into its save.
+    let kills = [
+        (2, KillAt::Fraction(0.0)),
+        (4, KillAt::Saving("")),
+        (7, KillAt::Fraction(0.37)),
+        (10, KillAt::Saving("model.mpk")),
+        (13, KillAt::Fraction(0.81)),
+        (16, KillAt::Saving("manifest.json")),
+        (19, KillAt::Renamed),
+        (21, KillAt::Fraction(0.55)),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let checkpoints = dir.path().join("checkpoints");
+    let mut latest_step = 0;
+    let mut killed_mid_save = 0;
+    for (at, when) in kills {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sigkill_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MHR_SIGKILL_CHILD", dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // libtest prints "test sigkill_child ... " before the first step's line.
+        let announced = |line: &str| {
+            line.rsplit_once("step ")
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+        };
+        let (mut previous, mut step_time) = (None, Duration::ZERO);
+        loop {
+            let line = lines.next().expect("the child ended before the kill").unwrap();
+            let Some(step) = announced(&line) else {
+                continue;
+            };
+            let now = Instant::now();
+            if let Some(before) = previous {
+                step_time = now - before;
+            }
+            previous = Some(now);
+            if step >= at {
+                break;
+            }
+        }
+        let saving = checkpoints.join(format!(".step-{:09}.{}.tmp", at + 1, child.id()));
+        let saved = checkpoints.join(format!("step-{:09}", at + 1));
+        let wait_for = |path: &std::path::Path| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !path.exists() && !saved.exists() {
+                assert!(Instant::now() < deadline, "step {at} never saved");
+                std::thread::yield_now();
+            }
+        };
+        match when {
+            KillAt::Fraction(f) => std::thread::sleep(step_time.mul_f64(f)),
+            KillAt::Saving(file) => wait_for(&saving.join(file)),
+            KillAt::Renamed => wait_for(&saved),
+        }
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "killed, not finished: {status:?}");
+        drop(lines);
+
+        // The checkpoint `latest` names verifies as it is, with no fallback, and is never a temporary.
+        let latest = run.checkpoints().load_latest().unwrap().unwrap();
+        assert!(
+            latest.step >= at.max(latest_step) && latest.step < KILLED_RUN_STEPS,
+            "killed after step {at} started: latest checkpoint {}",
+            latest.step
+        );
+        let pointer = std::fs::read_to_string(checkpoints.join("latest")).unwrap();
+        assert_eq!(pointer, format!("step-{:09}", latest.step));
+        if saving.exists() {
+            killed_mid_save += 1;
+            assert_eq!(
+                latest.step, at,
+                "killed before the rename: `latest` still names step {at}"
+            );
+        }
+        latest_step = latest.step;
+    }
+    eprintln!("{killed_mid_save} of the kills landed inside a checkpoint save");
+
+    // A line torn by a kill mid-write (which `RunDir::log` avoids by writing a line at once) is dropped.
+    let metrics = dir.path().join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text.push_str(r#"{"stage":"","step":"#);
+    std::fs::write(&metrics, text).unwrap();
+
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = examples();
+    let sampler = ShuffledEpochs::new(&data, 8, 1, 0);
+    let cfg = killed_run_config();
+    let (straight, _) = train(adapted(Method::Mhr), &sampler, &cfg, &RunOptions::default()).unwrap();
+    let options = RunOptions {
+        dir: Some(&run),
+        ..Default::default()
+    };
+    let (resumed, rest) = train(adapted(Method::Mhr), &sampler, &cfg, &options).unwrap();
+    assert_eq!(rest.losses.first().map(|l| l.0), Some(latest_step + 1));
+    let (a, b) = (flat(&resumed), flat(&straight));
+    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert_eq!(
+        differing,
+        0,
+        "{differing} of {} parameters differ after the kills",
+        a.len()
+    );
+    let steps: Vec<u64> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=KILLED_RUN_STEPS as u64).collect::<Vec<_>>(),
+        "each step logged once"
+    );
+    assert_eq!(
+        temporaries(&checkpoints),
+        Vec::<String>::new(),
+        "half-written saves removed"
+    );
+}
+
+#[test]
+fn corrupt_checkpoint_is_refused_by_name_and_resume_falls_back() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = examples();
+    let sampler = ShuffledEpochs::new(&data, 8, 1, 0);
+    let cfg = TrainConfig {
+        checkpoint_every: 2,
+        ..config(10)
+    };
+    let (straight, _) = train(adapted(Method::Mhr), &sampler, &cfg, &RunOptions::default()).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let stopped = RunOptions {
+        dir: Some(&run),
+        stop_after: Some(6),
+        ..Default::default()
+    };
+    train(adapted(Method::Mhr), &sampler, &cfg, &stopped).unwrap();
+    let model = dir.path().join("checkpoints/step-000000006/model.mpk");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&model, bytes).unwrap();
+
+    let err = run.checkpoints().load_latest().unwrap_err().to_string();
+    assert!(
+        err.contains(&model.display().to_string()) && err.contains("checksum mismatch"),
+        "{err}"
+    );
+    // Resume falls back to the checkpoint of step 4 and still ends where the uninterrupted run does.
+    let options = RunOptions {
+        dir: Some(&run),
+        ..Default::default()
+    };
+    let (resumed, rest) = train(adapted(Method::Mhr), &sampler, &cfg, &options).unwrap();
+    assert_eq!(rest.losses.first().map(|l| l.0), Some(5));
+    let (a, b) = (flat(&resumed), flat(&straight));
+    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert_eq!(differing, 0, "{differing} of {} parameters differ", a.len());
+    let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 10, "steps 5 and 6 logged once, not twice");
+    assert_eq!(run.checkpoints().load_latest().unwrap().unwrap().step, 10);
 }
 
 #[test]
