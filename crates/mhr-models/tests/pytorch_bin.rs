@@ -195,7 +195,7 @@ fn missing_shard_names_the_file() {
     );
 }
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
     /// Bytes overwritten (half of them in the zip's first entry, the pickle) and the file cut anywhere: the load
     /// returns, `Ok` or an error, and never panics. 64 cases per run.
     #[test]
