@@ -8,8 +8,14 @@ pub enum ModelError {
     /// `config.json` is unreadable as a T5 config: a missing or mistyped field, or an invalid value.
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
-    #[error("{dir}: no weights (looked for model.safetensors and model.safetensors.index.json)")]
+    #[error(
+        "{dir}: no weights (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin and \
+         pytorch_model.bin.index.json)"
+    )]
     NoWeights { dir: PathBuf },
+    /// A `pytorch_model.bin` that burn-store's reader cannot parse or whose tensor data cannot be read.
+    #[error("{path}: not a readable PyTorch checkpoint: {reason}")]
+    Pytorch { path: PathBuf, reason: String },
     #[error("{path}: tensor `{key}` (shape {expected:?}) is missing")]
     MissingTensor {
         path: PathBuf,

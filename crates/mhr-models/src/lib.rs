@@ -1,9 +1,10 @@
 //! T5 in Burn that loads HuggingFace checkpoints and reproduces transformers' numbers, with an adapter site
 //! on every linear layer of its blocks for `mhr-core`'s LoRA, (IA)^3 and routed (Poly / MHR) adapters.
 //!
-//! - [`T5ForConditionalGeneration::load`] reads `config.json` + `model.safetensors` (or sharded safetensors)
-//!   with HF's parameter names; T5 v1.0 (relu, tied head scaled by `d_model^-0.5`) and v1.1 / LM-adapt / T0
-//!   (gated-gelu, untied head) are told apart by the config as transformers does.
+//! - [`T5ForConditionalGeneration::load`] reads `config.json` + `model.safetensors` (or sharded safetensors,
+//!   or a single or sharded `pytorch_model.bin` when there are no safetensors) with HF's parameter names;
+//!   T5 v1.0 (relu, tied head scaled by `d_model^-0.5`) and v1.1 / LM-adapt / T0 (gated-gelu, untied head)
+//!   are told apart by the config as transformers does.
 //! - [`T5ForConditionalGeneration::forward`] gives logits, the loss and the per-example label log-likelihood
 //!   (rank classification); [`T5ForConditionalGeneration::generate`] does greedy or beam search with a
 //!   key/value cache.
@@ -17,12 +18,15 @@ mod config;
 mod error;
 mod generation;
 mod loader;
+mod pytorch;
 pub mod t5;
 
 pub use config::{Activation, FeedForwardKind, T5Config};
 pub use error::ModelError;
 pub use generation::GenerationConfig;
-pub use loader::{CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+pub use loader::{
+    CONFIG_FILE, PYTORCH_WEIGHTS_FILE, PYTORCH_WEIGHTS_INDEX_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+};
 pub use t5::{
     EncoderOutput, IGNORE_INDEX, Seq2SeqLmOutput, T5ForConditionalGeneration, relative_position_bucket,
 };

@@ -1,5 +1,5 @@
-//! Where a model's parameters come from: a HuggingFace checkpoint (single or sharded safetensors,
-//! memory-mapped and read one tensor at a time) or HF's random initialisation.
+//! Where a model's parameters come from: a HuggingFace checkpoint (single or sharded safetensors, memory-mapped,
+//! or single or sharded `pytorch_model.bin`; either read one tensor at a time) or HF's random initialisation.
 //!
 //! The model is built by one code path that asks a [`WeightSource`] for each tensor under its HF name,
 //! so loading and initialising cannot disagree on names or shapes.
@@ -13,10 +13,13 @@ use mhr_core::io::SafetensorsFile;
 use serde::Deserialize;
 
 use crate::error::ModelError;
+use crate::pytorch::PytorchFile;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub const PYTORCH_WEIGHTS_FILE: &str = "pytorch_model.bin";
+pub const PYTORCH_WEIGHTS_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 
 /// How a tensor is drawn when it is not read from a checkpoint (transformers' `T5PreTrainedModel._init_weights`).
 #[derive(Debug, Clone, Copy)]
@@ -83,9 +86,73 @@ struct ShardIndex {
     weight_map: BTreeMap<String, String>,
 }
 
-/// The safetensors files of a checkpoint folder, with the keys read so far.
+/// How the files of a checkpoint are stored.
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Safetensors,
+    Pytorch,
+}
+
+/// The layouts a checkpoint folder may have, in transformers' order of preference: safetensors first.
+const LAYOUTS: [(&str, &str, Format); 2] = [
+    (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, Format::Safetensors),
+    (PYTORCH_WEIGHTS_FILE, PYTORCH_WEIGHTS_INDEX_FILE, Format::Pytorch),
+];
+
+/// One file of a checkpoint: a memory-mapped safetensors file or a PyTorch archive read lazily.
+enum WeightFile {
+    Safetensors(SafetensorsFile),
+    Pytorch(PytorchFile),
+}
+
+impl WeightFile {
+    fn open(path: &Path, format: Format) -> Result<Self, ModelError> {
+        Ok(match format {
+            Format::Safetensors => Self::Safetensors(SafetensorsFile::open(path)?),
+            Format::Pytorch => Self::Pytorch(PytorchFile::open(path)?),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Self::Safetensors(f) => f.path(),
+            Self::Pytorch(f) => f.path(),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            Self::Safetensors(f) => f.names(),
+            Self::Pytorch(f) => f.names(),
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        match self {
+            Self::Safetensors(f) => f.contains(key),
+            Self::Pytorch(f) => f.contains(key),
+        }
+    }
+
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        match self {
+            Self::Safetensors(f) => f.shape(key),
+            Self::Pytorch(f) => f.shape(key),
+        }
+    }
+
+    /// A float tensor converted to f32.
+    fn f32(&mut self, key: &str) -> Result<TensorData, ModelError> {
+        match self {
+            Self::Safetensors(f) => Ok(f.f32(key)?),
+            Self::Pytorch(f) => f.f32(key),
+        }
+    }
+}
+
+/// The weight files of a checkpoint folder, with the keys read so far.
 pub(crate) struct Checkpoint<'a, B: Backend> {
-    files: Vec<SafetensorsFile>,
+    files: Vec<WeightFile>,
     /// Key → index in `files`.
     keys: BTreeMap<String, usize>,
     taken: BTreeSet<String>,
@@ -95,57 +162,32 @@ pub(crate) struct Checkpoint<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Checkpoint<'a, B> {
-    /// Opens `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+    /// Opens the first layout of [`LAYOUTS`] the folder has: `model.safetensors`, the shards listed by
+    /// `model.safetensors.index.json`, `pytorch_model.bin`, or the shards of `pytorch_model.bin.index.json`.
     pub fn open(dir: &Path, device: &'a B::Device) -> Result<Self, ModelError> {
-        let single = dir.join(WEIGHTS_FILE);
-        let index_path = dir.join(WEIGHTS_INDEX_FILE);
-        let mut files = Vec::new();
-        let mut keys = BTreeMap::new();
-        let listing = if single.is_file() {
-            let file = SafetensorsFile::open(&single)?;
-            keys.extend(file.names().into_iter().map(|k| (k, 0)));
-            files.push(file);
-            single
-        } else if index_path.is_file() {
-            let index: ShardIndex = mhr_core::io::read_json(&index_path)?;
-            let mut shard_of: BTreeMap<&str, usize> = BTreeMap::new();
-            for (key, shard) in &index.weight_map {
-                if Path::new(shard).file_name().and_then(|n| n.to_str()) != Some(shard.as_str()) {
-                    return Err(ModelError::Config {
-                        path: index_path.clone(),
-                        reason: format!(
-                            "shard `{shard}` of `{key}` is not a file name in the checkpoint folder"
-                        ),
-                    });
-                }
-                let i = match shard_of.get(shard.as_str()) {
-                    Some(&i) => i,
-                    None => {
-                        files.push(SafetensorsFile::open(dir.join(shard))?);
-                        shard_of.insert(shard, files.len() - 1);
-                        files.len() - 1
-                    }
-                };
-                if !files[i].contains(key) {
-                    return Err(ModelError::Config {
-                        path: index_path.clone(),
-                        reason: format!("`{key}` is not in its shard `{shard}`"),
-                    });
-                }
-                keys.insert(key.clone(), i);
-            }
-            index_path
-        } else {
-            return Err(ModelError::NoWeights {
-                dir: dir.to_path_buf(),
+        for (single, index, format) in LAYOUTS {
+            let single = dir.join(single);
+            let index = dir.join(index);
+            let (files, keys, listing) = if single.is_file() {
+                let file = WeightFile::open(&single, format)?;
+                let keys = file.names().into_iter().map(|k| (k, 0)).collect();
+                (vec![file], keys, single)
+            } else if index.is_file() {
+                let (files, keys) = open_shards(dir, &index, format)?;
+                (files, keys, index)
+            } else {
+                continue;
+            };
+            return Ok(Self {
+                files,
+                keys,
+                taken: BTreeSet::new(),
+                listing,
+                device,
             });
-        };
-        Ok(Self {
-            files,
-            keys,
-            taken: BTreeSet::new(),
-            listing,
-            device,
+        }
+        Err(ModelError::NoWeights {
+            dir: dir.to_path_buf(),
         })
     }
 
@@ -158,7 +200,7 @@ impl<'a, B: Backend> Checkpoint<'a, B> {
                 expected: shape.to_vec(),
             });
         };
-        let file = &self.files[i];
+        let file = &mut self.files[i];
         let found = file.shape(key).unwrap_or_default();
         if found != shape {
             return Err(ModelError::ShapeMismatch {
@@ -202,6 +244,42 @@ impl<'a, B: Backend> Checkpoint<'a, B> {
         }
         Ok(())
     }
+}
+
+/// The shards named by a `*.index.json` weight map, each opened once, and the shard of every key.
+fn open_shards(
+    dir: &Path,
+    index_path: &Path,
+    format: Format,
+) -> Result<(Vec<WeightFile>, BTreeMap<String, usize>), ModelError> {
+    let index: ShardIndex = mhr_core::io::read_json(index_path)?;
+    let mut files: Vec<WeightFile> = Vec::new();
+    let mut keys = BTreeMap::new();
+    let mut shard_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for (key, shard) in &index.weight_map {
+        if Path::new(shard).file_name().and_then(|n| n.to_str()) != Some(shard.as_str()) {
+            return Err(ModelError::Config {
+                path: index_path.to_path_buf(),
+                reason: format!("shard `{shard}` of `{key}` is not a file name in the checkpoint folder"),
+            });
+        }
+        let i = match shard_of.get(shard.as_str()) {
+            Some(&i) => i,
+            None => {
+                files.push(WeightFile::open(&dir.join(shard), format)?);
+                shard_of.insert(shard, files.len() - 1);
+                files.len() - 1
+            }
+        };
+        if !files[i].contains(key) {
+            return Err(ModelError::Config {
+                path: index_path.to_path_buf(),
+                reason: format!("`{key}` is not in its shard `{shard}`"),
+            });
+        }
+        keys.insert(key.clone(), i);
+    }
+    Ok((files, keys))
 }
 
 impl<B: Backend> WeightSource<B> for Checkpoint<'_, B> {

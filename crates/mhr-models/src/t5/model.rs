@@ -89,8 +89,9 @@ pub struct Seq2SeqLmOutput<B: Backend> {
 }
 
 impl<B: Backend> T5ForConditionalGeneration<B> {
-    /// Loads `config.json` and `model.safetensors` (or the shards of `model.safetensors.index.json`) from a
-    /// HuggingFace checkpoint folder, one memory-mapped tensor at a time; bf16/f16 weights become f32.
+    /// Loads `config.json` and `model.safetensors` (or the shards of `model.safetensors.index.json`; without
+    /// safetensors, `pytorch_model.bin` or the shards of `pytorch_model.bin.index.json`) from a HuggingFace
+    /// checkpoint folder, one tensor at a time; bf16/f16 weights become f32.
     ///
     /// Every parameter must be present with its shape, and every tensor of the files must be used, except
     /// copies of tied weights (`encoder.embed_tokens`, `decoder.embed_tokens`, and `lm_head` when tied).
