@@ -23,7 +23,7 @@ use crate::device::{DeviceSpec, ensure_compiled};
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// HuggingFace T5 checkpoint folder: config.json + model.safetensors (or model.safetensors.index.json
-    /// with its shards).
+    /// with its shards, or pytorch_model.bin, or pytorch_model.bin.index.json with its shards).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// peft adapter folder (adapter_config.json + adapter_model.safetensors) of type POLY, LORA or IA3, or
