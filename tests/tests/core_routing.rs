@@ -332,6 +332,20 @@ fn logits_dropout_zeroes_skills_before_normalising() {
     assert!(eval.iter().all(|&v| v > 0.0));
 }
 
+/// peft's `n_splits` must divide both widths; peft itself only fails inside a reshape at forward time.
+#[test]
+fn heads_that_do_not_divide_a_width_are_refused_at_construction() {
+    let config = AdapterConfig::RoutedLora(RoutedLoraConfig::new(4, 2, 3, 5));
+    let err = config.validate(64, 48).unwrap_err().to_string();
+    assert!(err.contains("d_in = 64 is not divisible by n_heads = 3"), "{err}");
+    let err = config.validate(48, 64).unwrap_err().to_string();
+    assert!(
+        err.contains("d_out = 64 is not divisible by n_heads = 3"),
+        "{err}"
+    );
+    assert!(config.validate(48, 96).is_ok());
+}
+
 #[test]
 fn routing_knobs_out_of_range_are_refused() {
     for (routing, message) in [

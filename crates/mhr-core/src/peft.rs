@@ -55,6 +55,13 @@ impl TargetModules {
     }
 }
 
+/// As written in `adapter_config.json`: a JSON list of names, or the regular expression as a JSON string.
+impl std::fmt::Display for TargetModules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
 /// The adapter type of a peft folder, with the settings that shape its tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeftKind {

@@ -8,7 +8,8 @@ use burn::prelude::*;
 use burn::tensor::bf16;
 use common::*;
 use mhr_core::io::{SafetensorsFile, write_safetensors};
-use mhr_core::{CoreError, RoutingContext, RoutingMode};
+use mhr_core::peft::TargetModules;
+use mhr_core::{AdapterConfig, CoreError, LoraConfig, RoutingContext, RoutingMode};
 use mhr_models::{GenerationConfig, ModelError, T5ForConditionalGeneration};
 use serde_json::{Value, json};
 
@@ -471,6 +472,42 @@ fn routed_models_need_valid_task_ids() {
         matches!(err, ModelError::InputShape { name: "task_ids", .. }),
         "{err:?}"
     );
+}
+
+#[test]
+fn target_modules_that_match_no_site_are_refused() {
+    let config = AdapterConfig::Lora(LoraConfig::new(4, 4.0));
+    for (targets, shown) in [
+        (TargetModules::Names(vec!["query".into()]), r#"["query"]"#),
+        // A regular expression must match the whole path, as in peft.
+        (TargetModules::Regex("SelfAttention".into()), r#""SelfAttention""#),
+    ] {
+        let err = load(&fixture("t5-v1_1"))
+            .unwrap()
+            .with_adapters(&targets, &config)
+            .unwrap_err();
+        assert!(
+            matches!(&err, ModelError::NoTargetSite { .. }) && err.to_string().contains(shown),
+            "{err}"
+        );
+    }
+    let matched = load(&fixture("t5-v1_1"))
+        .unwrap()
+        .with_adapters(&TargetModules::Regex(r".*SelfAttention\.(q|v)".into()), &config)
+        .unwrap();
+    let mut adapted = Vec::new();
+    matched.for_each_site(|path, site| {
+        if site.adapter.is_some() {
+            adapted.push(path.to_string());
+        }
+    });
+    let expected: Vec<String> = matched
+        .site_paths()
+        .into_iter()
+        .filter(|p| p.ends_with("SelfAttention.q") || p.ends_with("SelfAttention.v"))
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(adapted, expected);
 }
 
 #[test]

@@ -319,16 +319,26 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         paths
     }
 
-    /// Attaches a fresh adapter to every site whose path `targets` matches (peft's `target_modules`).
+    /// Attaches a fresh adapter to every site whose path `targets` matches (peft's `target_modules`). Targets
+    /// that match no site are an error, as in peft: a typo would otherwise train nothing.
     pub fn with_adapters(self, targets: &TargetModules, config: &AdapterConfig) -> Result<Self, ModelError> {
-        self.map_sites(|path, site| {
-            if targets.matches(path) {
-                site.with_adapter(config)
-            } else {
-                Ok(site)
-            }
-        })
-        .map_err(ModelError::from)
+        let mut matched = 0usize;
+        let model = self
+            .map_sites(|path, site| {
+                if targets.matches(path) {
+                    matched += 1;
+                    site.with_adapter(config)
+                } else {
+                    Ok(site)
+                }
+            })
+            .map_err(ModelError::from)?;
+        if matched == 0 {
+            return Err(ModelError::NoTargetSite {
+                targets: targets.to_string(),
+            });
+        }
+        Ok(model)
     }
 
     /// Puts the adapters of a peft folder on their sites; every module of the folder must be a site.
