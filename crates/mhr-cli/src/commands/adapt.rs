@@ -11,12 +11,11 @@ use mhr_core::peft::TASKS_FILE;
 use mhr_train::batch::TokenizedExample;
 use mhr_train::data::{ShuffledEpochs, mix};
 use mhr_train::sni::encode_all;
-use mhr_train::trainer::{RunDir, RunOptions, train};
 
 use crate::commands::common::catch_panics;
 use crate::commands::run_dir::{
     ADAPT_CONFIG, ADAPTER_DIR, AdaptSettings, Run, RunKind, absolute, check_model_dir, parse_method,
-    peft_adapter, read_toml, write_toml,
+    peft_adapter, read_toml, train_in_run, write_toml,
 };
 use crate::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
 
@@ -123,24 +122,7 @@ impl BackendTask for AdaptTask {
             config.grad_accumulation,
             mix(config.seed, task_id as u64),
         );
-        let dir = RunDir::new(&self.run.dir);
-        // Ctrl-C checkpoints the steps done and stops (a second one exits at once).
-        let interrupt = mhr_train::interrupt::sigint_flag()?;
-        let options = RunOptions {
-            dir: Some(&dir),
-            stop_after: self.stop_after,
-            label: "adapt",
-            interrupt: Some(&interrupt),
-        };
-        let (model, outcome) = train(model, &sampler, config, &options)?;
-        if outcome.interrupted {
-            bail!(
-                "interrupted after step {} of {}; its checkpoint is written, continue with --resume",
-                outcome.steps,
-                config.steps
-            );
-        }
-        if outcome.steps == config.steps
+        if let Some(model) = train_in_run(model, &sampler, config, &self.run.dir, self.stop_after, "adapt")?
             && let Some(adapter) = peft_adapter(&model, &self.run.tasks, &self.run.settings.model)?
         {
             adapter.save(self.run.dir.join(ADAPTER_DIR))?;

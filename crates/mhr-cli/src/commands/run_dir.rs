@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use mhr_core::Method;
 use mhr_core::TaskMap;
 use mhr_core::peft::{PeftAdapter, PeftKind, TASKS_FILE, TargetModules};
@@ -25,8 +26,9 @@ use mhr_data::{
     SniTestSet, TextTokenizer, sni_few_shot,
 };
 use mhr_models::{CONFIG_FILE, T5Config, T5ForConditionalGeneration, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+use mhr_train::data::StepData;
 use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
-use mhr_train::trainer::{RunDir, TrainConfig, load_latest};
+use mhr_train::trainer::{RunDir, RunOptions, TrainConfig, load_latest, train};
 use serde::{Deserialize, Serialize};
 
 pub type Model<B> = T5ForConditionalGeneration<B>;
@@ -316,6 +318,36 @@ impl Run {
         }
         Ok(model)
     }
+}
+
+/// Trains `model` with its checkpoints and metrics in the run folder `dir`; `Some` model once all
+/// `config.steps` are done, `None` when `stop_after` ended it early. Ctrl-C checkpoints the steps done and
+/// stops with a hint to resume (a second one exits at once).
+pub fn train_in_run<B: AutodiffBackend>(
+    model: Model<B>,
+    data: &dyn StepData,
+    config: &TrainConfig,
+    dir: &Path,
+    stop_after: Option<usize>,
+    label: &str,
+) -> Result<Option<Model<B>>> {
+    let interrupt = mhr_train::interrupt::sigint_flag()?;
+    let run = RunDir::new(dir);
+    let options = RunOptions {
+        dir: Some(&run),
+        stop_after,
+        label,
+        interrupt: Some(&interrupt),
+    };
+    let (model, outcome) = train(model, data, config, &options)?;
+    if outcome.interrupted {
+        bail!(
+            "interrupted after step {} of {}; its checkpoint is written, continue with --resume",
+            outcome.steps,
+            config.steps
+        );
+    }
+    Ok((outcome.steps == config.steps).then_some(model))
 }
 
 /// The adapters of `model` as a peft folder (with the task names when they route by task); `None` when

@@ -13,11 +13,11 @@ use mhr_data::{SniDir, TaskIndex, TaskList};
 use mhr_train::batch::TokenizedExample;
 use mhr_train::data::ShuffledEpochs;
 use mhr_train::sni::{encode_all, load_tasks};
-use mhr_train::trainer::{RunDir, RunOptions, train};
 
 use crate::commands::common::catch_panics;
 use crate::commands::run_dir::{
-    ADAPTER_DIR, TRAIN_CONFIG, TrainSettings, absolute, check_model_dir, peft_adapter, read_toml, write_toml,
+    ADAPTER_DIR, TRAIN_CONFIG, TrainSettings, absolute, check_model_dir, peft_adapter, read_toml,
+    train_in_run, write_toml,
 };
 use crate::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
 
@@ -182,24 +182,7 @@ impl BackendTask for TrainTask {
             train_config.grad_accumulation,
             train_config.seed,
         );
-        let run = RunDir::new(&self.out);
-        // Ctrl-C checkpoints the steps done and stops (a second one exits at once).
-        let interrupt = mhr_train::interrupt::sigint_flag()?;
-        let options = RunOptions {
-            dir: Some(&run),
-            stop_after: self.stop_after,
-            label: "train",
-            interrupt: Some(&interrupt),
-        };
-        let (model, outcome) = train(model, &sampler, train_config, &options)?;
-        if outcome.interrupted {
-            bail!(
-                "interrupted after step {} of {}; its checkpoint is written, continue with --resume",
-                outcome.steps,
-                train_config.steps
-            );
-        }
-        if outcome.steps == train_config.steps
+        if let Some(model) = train_in_run(model, &sampler, train_config, &self.out, self.stop_after, "train")?
             && let Some(adapter) = peft_adapter(&model, &self.tasks, &self.settings.model)?
         {
             adapter.save(self.out.join(ADAPTER_DIR))?;
