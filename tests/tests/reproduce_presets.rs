@@ -1,8 +1,8 @@
 //! The reproduction presets end to end (small settings): every method yields a finite score.
 
 use burn::backend::{Autodiff, NdArray};
-use mhr_tests::shared_dir;
-use mhr_train::reproduce::smoke::{self, SmokeSettings};
+use mhr_tests::{shared_dir, t5_fixture};
+use mhr_train::reproduce::sni::{self, SniSettings};
 use mhr_train::reproduce::synthetic::{self, SyntheticSettings};
 
 type A = Autodiff<NdArray>;
@@ -14,15 +14,15 @@ static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn smoke_preset_scores_every_method() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let out = tempfile::tempdir().unwrap();
-    let settings = SmokeSettings {
+    let settings = SniSettings {
         sni: shared_dir().join("data/sni"),
-        ..SmokeSettings::default()
+        ..SniSettings::smoke()
     };
-    let results = smoke::run::<A>(&settings, out.path(), &Default::default()).unwrap();
+    let results = sni::run::<A>(&settings, out.path(), &Default::default()).unwrap();
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
     assert_eq!(written["preset"], "smoke");
-    for method in smoke::METHODS {
+    for method in sni::METHODS {
         let rows: Vec<_> = results.rows.iter().filter(|r| r.method == method).collect();
         assert_eq!(
             rows.len(),
@@ -38,6 +38,61 @@ fn smoke_preset_scores_every_method() {
         std::fs::read_to_string(out.path().join("results.md"))
             .unwrap()
             .contains("| mhr-mu |")
+    );
+}
+
+/// sni-small's path on the fixture checkpoint and its tokenizer: a loaded model, several seeds.
+fn sni_small_on_the_fixture() -> SniSettings {
+    SniSettings {
+        sni: shared_dir().join("data/sni"),
+        train_tasks: 2,
+        eval_tasks: 1,
+        instances_per_task: 120,
+        pre_steps: 3,
+        ft_steps: 2,
+        n_test: 3,
+        max_source_len: 64,
+        max_target_len: 8,
+        seeds: vec![13, 42],
+        methods: vec!["lora".into(), "mhr".into()],
+        ..SniSettings::sni_small(t5_fixture("t5-v1_1"), Some(t5_fixture("tokenizer.json")))
+    }
+}
+
+#[test]
+fn sni_small_preset_loads_the_model_and_repeats_seeds() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let settings = sni_small_on_the_fixture();
+    let results = sni::run::<A>(&settings, out.path(), &Default::default()).unwrap();
+    assert_eq!(results.preset, "sni-small");
+    let mut cells: Vec<_> = results.rows.iter().map(|r| (r.method.as_str(), r.seed)).collect();
+    cells.sort();
+    assert_eq!(cells, [("lora", 13), ("lora", 42), ("mhr", 13), ("mhr", 42)]);
+    assert!(
+        results
+            .rows
+            .iter()
+            .all(|r| r.k == 32 && (0.0..=1.0).contains(&r.value))
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("settings.json")).unwrap()).unwrap();
+    assert_eq!(written["targets"], serde_json::json!(["q", "k", "v", "o"]));
+}
+
+#[test]
+fn sni_preset_rejects_a_tokenizer_larger_than_the_vocabulary() {
+    let out = tempfile::tempdir().unwrap();
+    let settings = SniSettings {
+        tokenizer: None,
+        ..sni_small_on_the_fixture()
+    };
+    let error = sni::run::<A>(&settings, out.path(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("259 ids") && error.contains("vocab_size is 200"),
+        "{error}"
     );
 }
 

@@ -9,7 +9,8 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
 use mhr_cli::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
-use mhr_train::reproduce::smoke::{self, SmokeSettings};
+use mhr_models::hub::Hub;
+use mhr_train::reproduce::sni::{self, SniSettings};
 use mhr_train::reproduce::synthetic::{self, SyntheticSettings};
 
 #[derive(Parser)]
@@ -33,6 +34,10 @@ enum Preset {
     Synthetic,
     /// Every method end to end on a tiny random T5 and a few shipped SNI tasks, in a minute or two (CI).
     Smoke,
+    /// google/t5-small-lm-adapt (or --model) on the shipped SNI subset, three seeds.
+    SniSmall,
+    /// T5-XL-LM-adapt (or --model) with the paper's SNI hyper-parameters; give the full SNI checkout as "sni".
+    PaperSni,
 }
 
 #[derive(clap::Args)]
@@ -53,18 +58,26 @@ struct ReproduceArgs {
     /// Comma-separated methods, or `all` (overrides the settings file).
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
+    /// The T5 of the SNI presets: a folder, or a Hugging Face Hub repo id fetched into the HF cache
+    /// (default: google/t5-small-lm-adapt for sni-small, google/t5-xl-lm-adapt for paper-sni).
+    #[arg(long, value_name = "DIR|REPO")]
+    model: Option<String>,
 }
 
-struct Smoke {
-    settings: SmokeSettings,
+struct Sni {
+    settings: SniSettings,
     out: PathBuf,
 }
 
-impl BackendTask for Smoke {
+impl BackendTask for Sni {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<()> {
-        eprintln!("smoke preset on {spec}, writing to {}", self.out.display());
-        smoke::run::<B>(&self.settings, &self.out, &device)?;
+        eprintln!(
+            "{} preset on {spec}, writing to {}",
+            self.settings.preset,
+            self.out.display()
+        );
+        sni::run::<B>(&self.settings, &self.out, &device)?;
         Ok(())
     }
 }
@@ -88,41 +101,63 @@ impl BackendTask for Synthetic {
     }
 }
 
-/// Preset settings from `--settings FILE.json` (fields not given keep their defaults).
-fn settings<T: serde::de::DeserializeOwned + Default>(path: Option<&PathBuf>) -> Result<T> {
-    let Some(path) = path else { return Ok(T::default()) };
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+/// The preset's settings with the fields of `--settings FILE.json` replacing theirs (unknown fields: an error).
+fn overlay<T: serde::Serialize + serde::de::DeserializeOwned>(
+    preset: T,
+    path: Option<&PathBuf>,
+) -> Result<T> {
+    let Some(path) = path else { return Ok(preset) };
+    let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
+    let overrides: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| fail(&e))?;
+    let mut merged = serde_json::to_value(preset)?;
+    if let serde_json::Value::Object(fields) = &mut merged {
+        fields.extend(overrides);
+    }
+    serde_json::from_value(merged).map_err(|e| fail(&e))
+}
+
+/// The SNI presets' model folder and tokenizer, fetched through the Hub when given as a repo id.
+fn sni_model(args: &ReproduceArgs, default_repo: &str) -> Result<(PathBuf, Option<PathBuf>)> {
+    let spec = args.model.as_deref().unwrap_or(default_repo);
+    let files = Hub::from_env().resolve(spec)?;
+    Ok((files.dir, files.tokenizer))
 }
 
 fn reproduce(args: ReproduceArgs) -> Result<()> {
     ensure_compiled(args.device)?;
-    match args.preset {
-        Preset::Smoke => {
-            let mut settings: SmokeSettings = settings(args.settings.as_ref())?;
-            if let Some(seed) = args.seeds.as_ref().and_then(|s| s.first()) {
-                settings.seed = *seed;
+    let sni_preset = match args.preset {
+        Preset::Synthetic => None,
+        Preset::Smoke => Some(SniSettings::smoke()),
+        Preset::SniSmall => {
+            let (model, tokenizer) = sni_model(&args, "google/t5-small-lm-adapt")?;
+            Some(SniSettings::sni_small(model, tokenizer))
+        }
+        Preset::PaperSni => {
+            let (model, tokenizer) = sni_model(&args, "google/t5-xl-lm-adapt")?;
+            Some(SniSettings::paper_sni(model, tokenizer))
+        }
+    };
+    match sni_preset {
+        Some(preset) => {
+            let mut settings = overlay(preset, args.settings.as_ref())?;
+            if let Some(seeds) = args.seeds {
+                settings.seeds = seeds;
             }
             if let Some(methods) = args.methods {
                 settings.methods = methods;
             }
             with_backend(
                 args.device,
-                Smoke {
+                Sni {
                     settings,
                     out: args.out,
                 },
             )
         }
-        Preset::Synthetic => {
-            let mut settings: SyntheticSettings = match &args.settings {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-                }
-                None => SyntheticSettings::default(),
-            };
+        None => {
+            let mut settings = overlay(SyntheticSettings::default(), args.settings.as_ref())?;
             if let Some(seeds) = args.seeds {
                 settings.seeds = seeds;
             }

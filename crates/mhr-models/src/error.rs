@@ -13,6 +13,19 @@ pub enum ModelError {
          pytorch_model.bin.index.json)"
     )]
     NoWeights { dir: PathBuf },
+    /// A model given by a Hub repo id that could not be fetched (offline, unknown repo, …).
+    #[error(
+        "{repo}: could not fetch {what} from the Hugging Face Hub: {reason}; offline, put the repo's config.json, \
+         weights (model.safetensors or pytorch_model.bin, or their shards with the index) and tokenizer.json in a \
+         folder and pass that folder instead"
+    )]
+    Hub {
+        repo: String,
+        what: String,
+        reason: String,
+    },
+    #[error("{spec}: not a directory, nor a Hugging Face Hub repo id (owner/name)")]
+    NotAModel { spec: String },
     /// A `pytorch_model.bin` that burn-store's reader cannot parse or whose tensor data cannot be read.
     #[error("{path}: not a readable PyTorch checkpoint: {reason}")]
     Pytorch { path: PathBuf, reason: String },

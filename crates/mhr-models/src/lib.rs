@@ -17,6 +17,8 @@
 mod config;
 mod error;
 mod generation;
+#[cfg(feature = "hub")]
+pub mod hub;
 mod loader;
 mod pytorch;
 pub mod t5;
@@ -26,6 +28,7 @@ pub use error::ModelError;
 pub use generation::GenerationConfig;
 pub use loader::{
     CONFIG_FILE, PYTORCH_WEIGHTS_FILE, PYTORCH_WEIGHTS_INDEX_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+    has_weights,
 };
 pub use t5::{
     EncoderOutput, IGNORE_INDEX, Seq2SeqLmOutput, T5ForConditionalGeneration, relative_position_bucket,

@@ -99,6 +99,21 @@ const LAYOUTS: [(&str, &str, Format); 2] = [
     (PYTORCH_WEIGHTS_FILE, PYTORCH_WEIGHTS_INDEX_FILE, Format::Pytorch),
 ];
 
+/// Whether `dir` holds weights in one of the layouts [`T5ForConditionalGeneration::load`] reads.
+///
+/// [`T5ForConditionalGeneration::load`]: crate::T5ForConditionalGeneration::load
+pub fn has_weights(dir: &Path) -> bool {
+    LAYOUTS
+        .iter()
+        .any(|(single, index, _)| dir.join(single).is_file() || dir.join(index).is_file())
+}
+
+/// The weight layouts in order of preference: a single file and the index of its shards.
+#[cfg(feature = "hub")]
+pub(crate) fn weight_layouts() -> impl Iterator<Item = (&'static str, &'static str)> {
+    LAYOUTS.iter().map(|&(single, index, _)| (single, index))
+}
+
 /// One file of a checkpoint: a memory-mapped safetensors file or a PyTorch archive read lazily.
 enum WeightFile {
     Safetensors(SafetensorsFile),
@@ -247,6 +262,29 @@ impl<'a, B: Backend> Checkpoint<'a, B> {
 }
 
 /// The shards named by a `*.index.json` weight map, each opened once, and the shard of every key.
+/// The shard file names an index lists, each once, validated as plain file names.
+#[cfg(feature = "hub")]
+pub(crate) fn shard_names(index_path: &Path) -> Result<BTreeSet<String>, ModelError> {
+    let index: ShardIndex = mhr_core::io::read_json(index_path)?;
+    let mut names = BTreeSet::new();
+    for (key, shard) in index.weight_map {
+        check_shard_name(index_path, &key, &shard)?;
+        names.insert(shard);
+    }
+    Ok(names)
+}
+
+/// A shard must be a file of the checkpoint folder, never a path out of it.
+fn check_shard_name(index_path: &Path, key: &str, shard: &str) -> Result<(), ModelError> {
+    if Path::new(shard).file_name().and_then(|n| n.to_str()) != Some(shard) {
+        return Err(ModelError::Config {
+            path: index_path.to_path_buf(),
+            reason: format!("shard `{shard}` of `{key}` is not a file name in the checkpoint folder"),
+        });
+    }
+    Ok(())
+}
+
 fn open_shards(
     dir: &Path,
     index_path: &Path,
@@ -257,12 +295,7 @@ fn open_shards(
     let mut keys = BTreeMap::new();
     let mut shard_of: BTreeMap<&str, usize> = BTreeMap::new();
     for (key, shard) in &index.weight_map {
-        if Path::new(shard).file_name().and_then(|n| n.to_str()) != Some(shard.as_str()) {
-            return Err(ModelError::Config {
-                path: index_path.to_path_buf(),
-                reason: format!("shard `{shard}` of `{key}` is not a file name in the checkpoint folder"),
-            });
-        }
+        check_shard_name(index_path, key, shard)?;
         let i = match shard_of.get(shard.as_str()) {
             Some(&i) => i,
             None => {

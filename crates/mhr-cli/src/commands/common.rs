@@ -15,6 +15,7 @@ use burn::tensor::TensorData;
 use mhr_core::io::{SafetensorsFile, write_safetensors};
 use mhr_core::peft::{PeftAdapter, PeftKind};
 use mhr_core::{RoutingContext, RoutingMode};
+use mhr_models::hub::{Hub, ModelFiles};
 use mhr_models::{CONFIG_FILE, IGNORE_INDEX, T5Config, T5ForConditionalGeneration};
 
 use crate::device::{DeviceSpec, ensure_compiled};
@@ -23,7 +24,8 @@ use crate::device::{DeviceSpec, ensure_compiled};
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// HuggingFace T5 checkpoint folder: config.json + model.safetensors (or model.safetensors.index.json
-    /// with its shards, or pytorch_model.bin, or pytorch_model.bin.index.json with its shards).
+    /// with its shards, or pytorch_model.bin, or pytorch_model.bin.index.json with its shards), or a Hugging Face
+    /// Hub repo id such as google/t5-small-lm-adapt (fetched into the HF cache once, then read offline).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// peft adapter folder (adapter_config.json + adapter_model.safetensors) of type POLY, LORA or IA3, or
@@ -59,10 +61,8 @@ impl ModelArgs {
                 self.max_tensor_gib
             );
         }
-        if !self.model.is_dir() {
-            bail!("--model {}: not a directory", self.model.display());
-        }
-        let config = T5Config::load(self.model.join(CONFIG_FILE))
+        let model_dir = model_files(&self.model)?.dir;
+        let config = T5Config::load(model_dir.join(CONFIG_FILE))
             .with_context(|| format!("--model {}", self.model.display()))?;
         let (adapter, n_tasks) = match &self.adapter {
             None => (None, None),
@@ -89,7 +89,7 @@ impl ModelArgs {
             }
         };
         Ok(Prepared {
-            model_dir: self.model.clone(),
+            model_dir,
             config,
             adapter,
             n_tasks,
@@ -296,6 +296,13 @@ impl InputBatch {
 
 /// Refuses work whose largest tensor would exceed `limit` bytes; `sizes` are (what, f32 elements) with
 /// the element counts as factors, multiplied without overflow.
+/// `--model`: a model folder, or a Hugging Face Hub repo id fetched into the HF cache (offline: its cached copy).
+pub fn model_files(spec: &Path) -> Result<ModelFiles> {
+    Hub::from_env()
+        .resolve(&spec.to_string_lossy())
+        .with_context(|| format!("--model {}", spec.display()))
+}
+
 pub fn check_sizes(sizes: &[(&str, &[usize])], limit: u128) -> Result<()> {
     for (what, factors) in sizes {
         let bytes = factors

@@ -25,7 +25,7 @@ use mhr_data::{
     ByteTokenizer, Encoder, EncoderConfig, FewShotSplit, HfTokenizer, SniDir, SniPromptFormat, SniTask,
     SniTestSet, TextTokenizer, sni_few_shot,
 };
-use mhr_models::{CONFIG_FILE, T5Config, T5ForConditionalGeneration, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+use mhr_models::{CONFIG_FILE, ModelError, T5Config, T5ForConditionalGeneration, has_weights};
 use mhr_train::data::StepData;
 use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
 use mhr_train::trainer::{RunDir, RunOptions, TrainConfig, load_latest, train};
@@ -132,10 +132,12 @@ pub fn check_model_dir(dir: &Path) -> Result<T5Config> {
         bail!("model {}: not a directory", dir.display());
     }
     let config = T5Config::load(dir.join(CONFIG_FILE)).with_context(|| format!("model {}", dir.display()))?;
-    if !dir.join(WEIGHTS_FILE).is_file() && !dir.join(WEIGHTS_INDEX_FILE).is_file() {
+    if !has_weights(dir) {
         bail!(
-            "{}: not found (nor {WEIGHTS_INDEX_FILE}): the model folder has no weights",
-            dir.join(WEIGHTS_FILE).display()
+            "{}",
+            ModelError::NoWeights {
+                dir: dir.to_path_buf()
+            }
         );
     }
     Ok(config)

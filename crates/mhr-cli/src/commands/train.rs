@@ -14,7 +14,7 @@ use mhr_train::batch::TokenizedExample;
 use mhr_train::data::ShuffledEpochs;
 use mhr_train::sni::{encode_all, load_tasks};
 
-use crate::commands::common::catch_panics;
+use crate::commands::common::{catch_panics, model_files};
 use crate::commands::run_dir::{
     ADAPTER_DIR, TRAIN_CONFIG, TrainSettings, absolute, check_model_dir, peft_adapter, read_toml,
     train_in_run, write_toml,
@@ -36,7 +36,7 @@ pub struct Args {
     /// `method`: lora, ia3, private, poly, mhr, full-ft (or a -z / -mu variant).
     #[arg(long)]
     pub method: Option<String>,
-    /// `model`: HF T5 folder (config.json + model.safetensors).
+    /// `model`: HF T5 folder (config.json + weights), or a Hugging Face Hub repo id (fetched into the HF cache).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// `tokenizer`: a tokenizer.json, or `byte`.
@@ -142,7 +142,11 @@ fn section<'a>(table: &'a mut toml::Table, key: &str, origin: &Path) -> Result<&
 
 /// Makes every path of the settings absolute, so the run's config.toml works from any directory.
 fn resolve_paths(settings: &mut TrainSettings) -> Result<()> {
-    settings.model = absolute(&settings.model)?;
+    let files = model_files(&settings.model)?;
+    settings.model = absolute(&files.dir)?;
+    if settings.tokenizer.is_none() {
+        settings.tokenizer = files.tokenizer.map(|t| t.display().to_string());
+    }
     settings.sni = absolute(&settings.sni)?;
     settings.train_tasks = absolute(&settings.train_tasks)?;
     if let Some(held_out) = &settings.held_out_tasks {

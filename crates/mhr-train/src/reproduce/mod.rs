@@ -2,7 +2,7 @@
 
 pub mod plots;
 mod report;
-pub mod smoke;
+pub mod sni;
 pub mod synthetic;
 
 pub use report::{ResultRow, Results, write_results};
