@@ -372,7 +372,11 @@ where
                     "lr_factor": config.schedule.factor(step, config.steps),
                 });
                 if let Some(fields) = line.as_object_mut() {
-                    fields.extend(step_terms.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))));
+                    fields.extend(
+                        step_terms
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), serde_json::json!(v))),
+                    );
                 }
                 run.log(&line)?;
             }

@@ -959,7 +959,11 @@ fn copa_few_shot(
     k: usize,
     seed: u64,
     task_id: usize,
-) -> (mhr_data::FewShotSplit, mhr_data::Encoder, Vec<mhr_data::EncodedChoices>) {
+) -> (
+    mhr_data::FewShotSplit,
+    mhr_data::Encoder,
+    Vec<mhr_data::EncodedChoices>,
+) {
     use mhr_data::{Encoder, EncoderConfig, HfTokenizer, T0Dataset, T0Dir};
     let dir = T0Dir::open(shared().join("data/t0eval")).unwrap();
     let split = dir.few_shot(T0Dataset::Copa, k, 0, seed).unwrap();
@@ -1005,16 +1009,31 @@ fn t0_choice_source_is_deterministic_and_yields_the_gold_choice_at_its_index() {
         };
         assert_eq!(item.gold, label, "row {row}");
         assert_eq!(item.choices.len(), 2);
-        assert_eq!(item.choices[label], ids(raw[row][gold].as_str().unwrap()), "row {row}");
-        assert_eq!(item.choices[1 - label], ids(raw[row][wrong].as_str().unwrap()), "row {row}");
+        assert_eq!(
+            item.choices[label],
+            ids(raw[row][gold].as_str().unwrap()),
+            "row {row}"
+        );
+        assert_eq!(
+            item.choices[1 - label],
+            ids(raw[row][wrong].as_str().unwrap()),
+            "row {row}"
+        );
         assert_eq!(item.task_id, 1);
     }
     seen.sort_unstable();
-    assert_eq!(seen, (0..12).collect::<Vec<_>>(), "an epoch yields every example once");
+    assert_eq!(
+        seen,
+        (0..12).collect::<Vec<_>>(),
+        "an epoch yields every example once"
+    );
     // Deterministic in (step, micro-batch); another seed, another order.
     let again = ShuffledEpochs::new(&examples, 4, 2, 9);
     assert_eq!(again.choices(5, 1), source.choices(5, 1));
-    assert_ne!(ShuffledEpochs::new(&examples, 4, 2, 10).choices(0, 0), source.choices(0, 0));
+    assert_ne!(
+        ShuffledEpochs::new(&examples, 4, 2, 10).choices(0, 0),
+        source.choices(0, 0)
+    );
     // Collated, each example's gold row holds the gold choice's ids.
     let batch = source.choices(3, 0);
     let data = ChoiceBatchData::collate(&batch, 0);
@@ -1022,8 +1041,15 @@ fn t0_choice_source_is_deterministic_and_yields_the_gold_choice_at_its_index() {
     for row in 0..data.pairs.batch_size {
         let (e, c) = (data.example_index[row], data.choice_index[row]);
         let expected: Vec<i64> = batch[e].choices[c].iter().map(|&x| i64::from(x)).collect();
-        assert_eq!(&data.pairs.labels[row * t..row * t + expected.len()], expected.as_slice());
-        assert!(data.pairs.labels[row * t + expected.len()..(row + 1) * t].iter().all(|&l| l == -100));
+        assert_eq!(
+            &data.pairs.labels[row * t..row * t + expected.len()],
+            expected.as_slice()
+        );
+        assert!(
+            data.pairs.labels[row * t + expected.len()..(row + 1) * t]
+                .iter()
+                .all(|&l| l == -100)
+        );
     }
     assert_eq!(data.gold, batch.iter().map(|e| e.gold).collect::<Vec<_>>());
 }
@@ -1145,7 +1171,13 @@ fn tfew_resume_with_accumulation_equals_uninterrupted_run() {
     };
     let (_, partial) = train(fixture_for_adaptation(Method::Mhr), objective, &cfg, &stopped).unwrap();
     assert_eq!(partial.steps, 3);
-    let (resumed, _) = train(fixture_for_adaptation(Method::Mhr), objective, &cfg, &options(&run)).unwrap();
+    let (resumed, _) = train(
+        fixture_for_adaptation(Method::Mhr),
+        objective,
+        &cfg,
+        &options(&run),
+    )
+    .unwrap();
     let (a, b) = (flat(&resumed), flat(&straight));
     let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
     assert_eq!(differing, 0, "{differing} of {} parameters differ", a.len());
