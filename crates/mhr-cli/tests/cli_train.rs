@@ -1,6 +1,7 @@
-//! `mhr train`, `mhr export`, `mhr adapt` and `mhr eval` on the tiny fixture T5 and a few shipped SNI tasks:
-//! the exported adapter scores exactly as the model trained in memory through the library, a resumed run
-//! ends where an uninterrupted one does, and bad inputs are one-line errors naming what is at fault.
+//! `mhr train`, `mhr export`, `mhr adapt` and `mhr eval` on the tiny fixture T5 and a few shipped SNI tasks
+//! (and the shipped T0 COPA rows for `adapt --t0`): the exported adapter scores exactly as the model trained in
+//! memory through the library, a resumed run ends where an uninterrupted one does, and bad inputs are one-line
+//! errors naming what is at fault.
 
 mod common;
 
@@ -651,4 +652,178 @@ fn bad_adapt_and_eval_inputs_are_one_line_errors() {
     let output = mhr(["eval", "--run", s(&pre), "--out", s(&setup.path("r.json"))]);
     assert_error(&output, &["a pre-training run"]);
     assert!(!setup.path("r.json").exists());
+}
+
+/// `mhr adapt --run pre --t0 T0EVAL --task TASK --k 8 --seed 42 --out OUT extra...`.
+fn adapt_t0(setup: &Setup, task: &str, out: &str, extra: &[&str]) -> Output {
+    let (pre, out, t0) = (setup.path("pre"), setup.path(out), shared().join("data/t0eval"));
+    let mut args = vec![
+        "adapt",
+        "--run",
+        s(&pre),
+        "--t0",
+        s(&t0),
+        "--task",
+        task,
+        "--k",
+        "8",
+        "--seed",
+        "42",
+        "--out",
+        s(&out),
+    ];
+    args.extend_from_slice(extra);
+    mhr(args)
+}
+
+#[test]
+fn t0_adaptation_trains_with_tfew_and_eval_reports_rank_accuracy() {
+    let setup = Setup::new();
+    // COPA gets a routing row beside the SNI held-out task (no SNI file is looked for it).
+    std::fs::write(setup.path("held.txt"), format!("{HELD_OUT}\ncopa\n")).unwrap();
+    assert_success(&setup.train("mhr", "pre", &[]));
+    assert_success(&adapt_t0(&setup, "copa", "copa", &["--steps", "3"]));
+    let adapt_toml = std::fs::read_to_string(setup.path("copa/adapt.toml")).unwrap();
+    assert!(
+        adapt_toml.contains("t0 = ") && adapt_toml.contains("task = \"copa\""),
+        "{adapt_toml}"
+    );
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(setup.path("copa/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), 3);
+    for line in &metrics {
+        let term = |k: &str| line[k].as_f64().unwrap_or_else(|| panic!("no `{k}` in {line}"));
+        let sum = term("lm") + term("mc") + term("unlikelihood");
+        assert!(
+            (sum - term("loss")).abs() < 1e-5,
+            "the T-Few terms add up to the loss: {line}"
+        );
+    }
+
+    // Stopped after a step and resumed: the same adapter as the uninterrupted adaptation.
+    assert_success(&adapt_t0(
+        &setup,
+        "copa",
+        "parts",
+        &["--steps", "3", "--stop-after", "1"],
+    ));
+    assert_success(&mhr(["adapt", "--resume", "--out", s(&setup.path("parts"))]));
+    let weights =
+        |run: &str| std::fs::read(setup.path(run).join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(
+        weights("copa") == weights("parts"),
+        "resumed T-Few adaptation differs"
+    );
+
+    let (results, predictions) = (setup.path("results.json"), setup.path("predictions.jsonl"));
+    let output = mhr([
+        "eval",
+        "--run",
+        s(&setup.path("copa")),
+        "--n-test",
+        "20",
+        "--out",
+        s(&results),
+        "--predictions",
+        s(&predictions),
+    ]);
+    assert_success(&output);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    let rows = results["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{results}");
+    let accuracy = rows[0]["value"].as_f64().unwrap();
+    assert!(
+        accuracy.is_finite() && (0.0..=1.0).contains(&accuracy),
+        "{accuracy}"
+    );
+    assert_eq!(
+        (
+            &rows[0]["metric"],
+            &rows[0]["task"],
+            &rows[0]["method"],
+            &rows[0]["k"]
+        ),
+        (
+            &serde_json::json!("accuracy"),
+            &serde_json::json!("copa"),
+            &serde_json::json!("mhr"),
+            &serde_json::json!(8)
+        )
+    );
+    // Each prediction is one of its row's two choices; the accuracy is the share equal to the gold one.
+    let raw: Vec<serde_json::Value> = std::fs::read_to_string(shared().join("data/t0eval/copa/val.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&predictions)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    let mut correct = 0;
+    for line in &lines {
+        let row: usize = line["id"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("copa-")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let choices = [&raw[row]["choice1"], &raw[row]["choice2"]];
+        assert!(choices.contains(&&line["prediction"]), "{line}");
+        let gold = choices[raw[row]["label"].as_u64().unwrap() as usize];
+        assert_eq!(&line["references"][0], gold, "{line}");
+        correct += usize::from(&line["prediction"] == gold);
+    }
+    assert_eq!(accuracy, correct as f64 / 20.0);
+
+    // Bad T0 inputs: the dataset name, the folder, the missing templates file are named.
+    assert_error(
+        &adapt_t0(&setup, "copx", "e1", &[]),
+        &["--task copx", "not a T0 held-out dataset", "copa"],
+    );
+    let output = mhr([
+        "adapt",
+        "--run",
+        s(&setup.path("pre")),
+        "--t0",
+        s(&setup.path("nowhere")),
+        "--task",
+        "copa",
+        "--k",
+        "8",
+        "--seed",
+        "1",
+        "--out",
+        s(&setup.path("e2")),
+    ]);
+    assert_error(&output, &["--t0", "nowhere", "not a directory"]);
+    std::fs::create_dir(setup.path("empty-t0")).unwrap();
+    let output = mhr([
+        "adapt",
+        "--run",
+        s(&setup.path("pre")),
+        "--t0",
+        s(&setup.path("empty-t0")),
+        "--task",
+        "copa",
+        "--k",
+        "8",
+        "--seed",
+        "1",
+        "--out",
+        s(&setup.path("e3")),
+    ]);
+    assert_error(&output, &["empty-t0", "templates.yaml"]);
+    // A T0 dataset without a routing row, under a routed method.
+    assert_error(&adapt_t0(&setup, "rte", "e4", &[]), &["--task rte", "tasks.json"]);
+    for out in ["e1", "e2", "e3", "e4"] {
+        assert!(!setup.path(out).exists(), "{out} written");
+    }
 }

@@ -2,12 +2,20 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use mhr_data::EncodedChoices;
+
 use crate::batch::TokenizedExample;
 
 /// Which examples each training step sees. Deterministic in `(step, micro-batch)`, so a resumed run
 /// sees exactly the batches an uninterrupted one would.
 pub trait StepData {
     fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample>;
+}
+
+/// [`StepData`] for multiple-choice examples (every answer choice and the gold index), the data of the
+/// T-Few objective; deterministic in `(step, micro-batch)` likewise.
+pub trait ChoiceStepData {
+    fn choices(&self, step: usize, micro: usize) -> Vec<EncodedChoices>;
 }
 
 /// Examples generated afresh for every step from a seeded generator (an unbounded data stream).
@@ -25,16 +33,17 @@ impl<F: Fn(&mut StdRng) -> TokenizedExample> StepData for Generated<F> {
 }
 
 /// Epochs over a fixed example list, each in a seeded random order (drawn from the example pool without
-/// replacement, reshuffled every epoch).
-pub struct ShuffledEpochs<'a> {
-    examples: &'a [TokenizedExample],
+/// replacement, reshuffled every epoch): token examples ([`StepData`]) or multiple-choice ones
+/// ([`ChoiceStepData`]).
+pub struct ShuffledEpochs<'a, T = TokenizedExample> {
+    examples: &'a [T],
     batch_size: usize,
     micro_batches: usize,
     seed: u64,
 }
 
-impl<'a> ShuffledEpochs<'a> {
-    pub fn new(examples: &'a [TokenizedExample], batch_size: usize, micro_batches: usize, seed: u64) -> Self {
+impl<'a, T: Clone> ShuffledEpochs<'a, T> {
+    pub fn new(examples: &'a [T], batch_size: usize, micro_batches: usize, seed: u64) -> Self {
         Self {
             examples,
             batch_size: batch_size.max(1),
@@ -48,10 +57,10 @@ impl<'a> ShuffledEpochs<'a> {
         order.shuffle(&mut StdRng::seed_from_u64(mix(self.seed, epoch as u64)));
         order
     }
-}
 
-impl StepData for ShuffledEpochs<'_> {
-    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample> {
+    /// The examples of micro-batch `micro` of `step`: positions `(step · micro_batches + micro) · batch_size …`
+    /// of the concatenated epochs.
+    fn batch(&self, step: usize, micro: usize) -> Vec<T> {
         let n = self.examples.len();
         if n == 0 {
             return Vec::new();
@@ -68,6 +77,18 @@ impl StepData for ShuffledEpochs<'_> {
                 self.examples[order[i % n]].clone()
             })
             .collect()
+    }
+}
+
+impl StepData for ShuffledEpochs<'_, TokenizedExample> {
+    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample> {
+        self.batch(step, micro)
+    }
+}
+
+impl ChoiceStepData for ShuffledEpochs<'_, EncodedChoices> {
+    fn choices(&self, step: usize, micro: usize) -> Vec<EncodedChoices> {
+        self.batch(step, micro)
     }
 }
 

@@ -57,6 +57,12 @@ pub fn fraction(verdicts: &[bool]) -> f64 {
     }
 }
 
+/// The model's pad id as the token id that [`ChoiceBatchData::collate`] pads with.
+pub(crate) fn choice_pad_id<B: Backend>(model: &T5ForConditionalGeneration<B>) -> Result<u32, TrainError> {
+    let pad = model.config().pad_token_id;
+    u32::try_from(pad).map_err(|_| TrainError::Config(format!("pad_token_id {pad} is not a token id")))
+}
+
 /// Rank classification of multiple-choice examples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RankClassification {
@@ -88,12 +94,7 @@ pub fn rank_classification<B: Backend>(
         )));
     }
     let device = crate::trainer::device_of(model);
-    let pad = u32::try_from(model.config().pad_token_id).map_err(|_| {
-        TrainError::Config(format!(
-            "pad_token_id {} is not a token id",
-            model.config().pad_token_id
-        ))
-    })?;
+    let pad = choice_pad_id(model)?;
     let mut scores = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let data = ChoiceBatchData::collate(chunk, pad);

@@ -11,10 +11,12 @@ pub mod interrupt;
 pub mod losses;
 pub mod methods;
 pub mod metrics;
+pub mod objective;
 pub mod optim;
 pub mod reproduce;
 pub mod schedule;
 pub mod sni;
+pub mod t0;
 pub mod trainer;
 
 pub use error::TrainError;

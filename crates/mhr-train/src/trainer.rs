@@ -5,6 +5,7 @@
 //! clipping needs all gradients at once, and exact resume needs per-step seeds; the Learner expresses
 //! none of these in 0.21.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -16,15 +17,14 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use mhr_core::{RoutingContext, RoutingMode};
+use mhr_core::RoutingMode;
 use mhr_models::T5ForConditionalGeneration;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::TrainBatch;
 use crate::checkpoint::{Checkpoint, Checkpointer};
-use crate::data::{StepData, mix};
+use crate::data::mix;
 use crate::error::TrainError;
-use crate::losses::label_smoothed_nll;
+use crate::objective::Objective;
 use crate::optim::{OptimConfig, StageOptimizer, TwoSpeedRecord};
 use crate::schedule::Schedule;
 
@@ -41,6 +41,7 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     pub seed: u64,
     /// 0: the model's mean token cross entropy; ε > 0: fairseq's label-smoothed NLL (SNI runs, ε = 0.1).
+    /// Token objectives only: the T-Few objective has its own loss.
     pub label_smoothing: f64,
     /// Sample relaxed-Bernoulli routing (when the routers enable it) instead of σ(Z).
     pub sampled_routing: bool,
@@ -283,22 +284,23 @@ pub fn device_of<B: Backend, M: Module<B>>(model: &M) -> B::Device {
 }
 
 /// Trains `model` (with `require_grad` already set by the method's [`mhr_core::TrainableSet`]) for
-/// `config.steps` optimiser steps. With a run directory, metrics go to `metrics.jsonl`, checkpoints are
-/// written every `checkpoint_every` steps, at the end and on interrupt, and an existing checkpoint is resumed
-/// from.
-pub fn train<B: AutodiffBackend>(
+/// `config.steps` optimiser steps on `objective`: a [`crate::data::StepData`] (token loss) converts into one,
+/// or pass [`Objective::TFew`]. With a run directory, metrics go to `metrics.jsonl` (with T-Few's three
+/// terms), checkpoints are written every `checkpoint_every` steps, at the end and on interrupt, and an
+/// existing checkpoint is resumed from.
+pub fn train<'a, B: AutodiffBackend>(
     model: Model<B>,
-    data: &dyn StepData,
+    objective: impl Into<Objective<'a>>,
     config: &TrainConfig,
     options: &RunOptions,
 ) -> Result<(Model<B>, TrainOutcome), TrainError>
 where
     Model<B>: AutodiffModule<B>,
 {
+    let objective = objective.into();
     let (run, label) = (options.dir, options.label);
     let end = options.stop_after.map_or(config.steps, |s| s.min(config.steps));
     let device = device_of(&model);
-    let pad = model.config().pad_token_id;
     if let Some(run) = run {
         std::fs::create_dir_all(&run.path)
             .map_err(|e| TrainError::Io(format!("{}: {e}", run.path.display())))?;
@@ -333,23 +335,21 @@ where
         B::seed(&device, mix(config.seed, step as u64));
         let mut accumulator = GradientsAccumulator::<Model<B>>::new();
         let mut step_loss = 0.0;
+        // The objective's named loss terms, summed over the micro-batches like `step_loss`.
+        let mut step_terms = BTreeMap::<&str, f64>::new();
+        let micro_batches = config.grad_accumulation.max(1) as f64;
         for micro in 0..config.grad_accumulation.max(1) {
-            let examples = data.examples(step, micro);
-            let batch = TrainBatch::<B>::from_examples(&examples, pad, &device);
-            tokens += batch.tokens;
-            let ctx = RoutingContext::new(batch.task_ids, mode);
-            let out = model.forward(batch.input_ids, batch.attention_mask, batch.labels.clone(), &ctx)?;
-            let loss = if config.label_smoothing > 0.0 {
-                label_smoothed_nll(out.logits, batch.labels, config.label_smoothing)
-            } else {
-                out.loss
-            };
-            let loss = loss / config.grad_accumulation.max(1) as f64;
+            let micro_loss = objective.micro_loss(&model, step, micro, config.label_smoothing, mode)?;
+            tokens += micro_loss.tokens;
+            let loss = micro_loss.loss / micro_batches;
             let value: f64 = loss.clone().into_scalar().elem();
             if !value.is_finite() {
                 return Err(TrainError::NonFiniteLoss { step, loss: value });
             }
             step_loss += value;
+            for (name, term) in micro_loss.terms {
+                *step_terms.entry(name).or_default() += term.into_scalar().elem::<f64>() / micro_batches;
+            }
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
         let (updated, grad_norm) = optim.step(
@@ -367,10 +367,18 @@ where
         if done.is_multiple_of(config.log_every.max(1)) || done == end {
             losses.push((done, step_loss));
             if let Some(run) = run {
-                run.log(&serde_json::json!({
+                let mut line = serde_json::json!({
                     "stage": label, "step": done, "loss": step_loss, "grad_norm": grad_norm,
                     "lr_factor": config.schedule.factor(step, config.steps),
-                }))?;
+                });
+                if let Some(fields) = line.as_object_mut() {
+                    fields.extend(
+                        step_terms
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), serde_json::json!(v))),
+                    );
+                }
+                run.log(&line)?;
             }
         }
         if let Some(run) = run {

@@ -2,15 +2,21 @@
 //! adapter), as the method's variant prescribes: the whole adapter (`poly`, `mhr`), only the routing
 //! (`-z`), the average of the skills as one LoRA (`-mu`), a fresh LoRA (`private`), the same adapter
 //! (`lora`, `ia3`) or the whole model (`full-ft`). The result is a run folder of its own.
+//!
+//! The task is an SNI task of the pre-training run's folder (token loss), or with `--t0 DIR` a T0 held-out
+//! dataset, trained on its k multiple-choice examples with the T-Few loss (PAPER.md §2.5).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TASKS_FILE;
+use mhr_data::EncodedChoices;
 use mhr_train::batch::TokenizedExample;
 use mhr_train::data::{ShuffledEpochs, mix};
+use mhr_train::objective::Objective;
 use mhr_train::sni::encode_all;
+use mhr_train::t0::encode_choices;
 
 use crate::commands::common::catch_panics;
 use crate::commands::run_dir::{
@@ -24,9 +30,14 @@ pub struct Args {
     /// The pre-training run (a folder of `mhr train`).
     #[arg(long, value_name = "DIR", required_unless_present = "resume")]
     pub run: Option<PathBuf>,
-    /// The task to adapt to (an SNI task name; routed methods need its row: list it in held_out_tasks).
+    /// The task to adapt to: an SNI task name, or with --t0 a T0 held-out dataset (rte, copa, cb, …);
+    /// routed methods need its row: list it in held_out_tasks.
     #[arg(long, required_unless_present = "resume")]
     pub task: Option<String>,
+    /// A T0 evaluation folder (e.g. data/t0eval): --task is one of its datasets, trained on k of its rows
+    /// with the T-Few loss (the rest are the test set of `mhr eval`, scored by rank classification).
+    #[arg(long, value_name = "DIR", conflicts_with = "test_instances")]
+    pub t0: Option<PathBuf>,
     /// Number of training examples, drawn by --seed from the instances after the test set.
     #[arg(long, required_unless_present = "resume")]
     pub k: Option<usize>,
@@ -47,14 +58,14 @@ pub struct Args {
     /// Peak learning rate of the routing logits (default: the run's).
     #[arg(long)]
     pub routing_lr: Option<f64>,
-    /// The first N instances of the task file are its test set (never trained on).
+    /// SNI: the first N instances of the task file are its test set (never trained on).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub test_instances: usize,
     /// The run folder to create (it must not exist, or be empty), or with --resume to continue.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Continue the adaptation in --out from its latest checkpoint, with its own adapt.toml.
-    #[arg(long, conflicts_with_all = ["run", "task", "k", "seed", "method", "batch_size", "lr", "routing_lr"])]
+    #[arg(long, conflicts_with_all = ["run", "task", "t0", "k", "seed", "method", "batch_size", "lr", "routing_lr"])]
     pub resume: bool,
     /// Stop after this many steps (checkpointed) as if interrupted; --resume continues exactly.
     #[arg(long, value_name = "N")]
@@ -91,6 +102,7 @@ impl Args {
                 .clone()
                 .unwrap_or_else(|| pretrained.method.to_string()),
             task: task.clone(),
+            t0: self.t0.as_deref().map(absolute).transpose()?,
             k,
             seed,
             test_instances: self.test_instances,
@@ -99,10 +111,19 @@ impl Args {
     }
 }
 
+/// The k training examples of an adaptation, as its objective takes them.
+enum AdaptData {
+    /// An SNI task: one target each, the token loss.
+    Tokens(Vec<TokenizedExample>),
+    /// A T0 dataset: every answer choice and the gold index, the T-Few loss.
+    Choices(Vec<EncodedChoices>),
+}
+
 /// The adaptation run (its model is the pre-trained one prepared for the method) and its k examples.
 struct AdaptTask {
     run: Run,
-    examples: Vec<TokenizedExample>,
+    data: AdaptData,
+    task_id: usize,
     stop_after: Option<usize>,
 }
 
@@ -114,15 +135,24 @@ impl BackendTask for AdaptTask {
             bail!("{}: not an adaptation run", self.run.dir.display());
         };
         let model = self.run.skeleton::<B>(&device)?;
-        let task_id = self.examples.first().map_or(0, |e| e.task_id);
         let config = &adapt.train;
-        let sampler = ShuffledEpochs::new(
-            &self.examples,
+        let (batch, micro, seed) = (
             config.batch_size,
             config.grad_accumulation,
-            mix(config.seed, task_id as u64),
+            mix(config.seed, self.task_id as u64),
         );
-        if let Some(model) = train_in_run(model, &sampler, config, &self.run.dir, self.stop_after, "adapt")?
+        let (tokens, choices);
+        let objective = match &self.data {
+            AdaptData::Tokens(examples) => {
+                tokens = ShuffledEpochs::new(examples, batch, micro, seed);
+                Objective::from(&tokens)
+            }
+            AdaptData::Choices(examples) => {
+                choices = ShuffledEpochs::new(examples, batch, micro, seed);
+                Objective::TFew(&choices)
+            }
+        };
+        if let Some(model) = train_in_run(model, objective, config, &self.run.dir, self.stop_after, "adapt")?
             && let Some(adapter) = peft_adapter(&model, &self.run.tasks, &self.run.settings.model)?
         {
             adapter.save(self.run.dir.join(ADAPTER_DIR))?;
@@ -173,6 +203,8 @@ pub fn run(args: Args) -> Result<()> {
             variants(pretrained.method)
         );
     }
+    // An unknown T0 dataset is named as such before any routing-row check.
+    adapt.t0_dataset()?;
     let tasks_path = pretrained.dir.join(TASKS_FILE);
     let task_id = match pretrained.tasks.id(&adapt.task) {
         Ok(id) => id,
@@ -186,9 +218,12 @@ pub fn run(args: Args) -> Result<()> {
         ),
     };
     let model_config = check_model_dir(&pretrained.settings.model)?;
-    let encoder = pretrained.settings.encoder(&model_config)?;
+    let encoder = adapt.encoder(&pretrained.settings, &model_config)?;
     let split = adapt.split(&pretrained.settings)?;
-    let examples = encode_all(&encoder, &split.train, task_id)?;
+    let data = match adapt.t0 {
+        Some(_) => AdaptData::Choices(encode_choices(&encoder, &split.train, task_id)?),
+        None => AdaptData::Tokens(encode_all(&encoder, &split.train, task_id)?),
+    };
     std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
     if !args.resume {
         write_toml(&config_path, &adapt)?;
@@ -207,7 +242,8 @@ pub fn run(args: Args) -> Result<()> {
             spec,
             AdaptTask {
                 run,
-                examples,
+                data,
+                task_id,
                 stop_after: args.stop_after,
             },
         )

@@ -1,6 +1,7 @@
 //! `mhr eval`: Rouge-L and exact match of greedy generations on the test set of each adaptation run's
-//! task (the instances `mhr adapt` held out), written as `results.json` rows
-//! `{method, task, k, seed, metric, value}` (DESIGN.md's schema), one pair of rows per run.
+//! SNI task (the instances `mhr adapt` held out), or the rank-classification accuracy on a T0 dataset's
+//! evaluation rows not drawn for training (`mhr adapt --t0`), written as `results.json` rows
+//! `{method, task, k, seed, metric, value}` (DESIGN.md's schema): a pair of rows per SNI run, one per T0 run.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,9 +9,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use mhr_data::{Encoder, Example};
+use mhr_data::{EncodedChoices, Encoder, Example};
+use mhr_train::eval::{RankClassification, rank_classification};
 use mhr_train::reproduce::{ResultRow, Results};
 use mhr_train::sni::{GenerationScores, greedy_texts};
+use mhr_train::t0::encode_choices;
 use mhr_train::trainer::write_json;
 use serde_json::json;
 
@@ -29,16 +32,17 @@ pub struct Args {
     /// Evaluate the first N test instances only (default: all of them).
     #[arg(long, value_name = "N")]
     pub n_test: Option<usize>,
-    /// Longest generation (default: the run's max_target_len).
+    /// Longest generation (default: the run's max_target_len); unused for T0 runs.
     #[arg(long, value_name = "N")]
     pub max_new_tokens: Option<usize>,
-    /// Examples generated at once.
+    /// Examples generated (or, for T0, ranked with all their choices) at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
     /// results.json to write.
     #[arg(long, value_name = "FILE.json")]
     pub out: PathBuf,
-    /// Also write one JSON line per test example: run, id, prediction, references.
+    /// Also write one JSON line per test example: run, id, prediction, references (T0: the chosen and the
+    /// gold answer choice).
     #[arg(long, value_name = "FILE.jsonl")]
     pub predictions: Option<PathBuf>,
     /// Backend and device: cpu, ndarray, flex, wgpu[:N] or cuda[:N] (as compiled in).
@@ -50,10 +54,23 @@ pub struct Args {
 struct Job {
     run: Run,
     adapt: AdaptSettings,
-    encoder: Encoder,
     test: Vec<Example>,
     task_id: usize,
-    max_new_tokens: usize,
+    scoring: Scoring,
+}
+
+/// How a run's test set is scored, by the kind of its task.
+enum Scoring {
+    /// SNI: greedy generations, Rouge-L and exact match against the references.
+    Generation { encoder: Encoder, max_new_tokens: usize },
+    /// T0: rank classification of the test examples' encoded answer choices, accuracy.
+    RankClassification(Vec<EncodedChoices>),
+}
+
+/// What a run's model produced on its test set.
+enum Predictions {
+    Texts(Vec<String>),
+    Ranked(RankClassification),
 }
 
 struct EvalTask<'a> {
@@ -62,21 +79,29 @@ struct EvalTask<'a> {
 }
 
 impl BackendTask for EvalTask<'_> {
-    /// The greedy predictions of each job.
-    type Output = Vec<Vec<String>>;
+    /// The predictions of each job.
+    type Output = Vec<Predictions>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Result<Self::Output> {
         let mut all = Vec::new();
         for job in self.jobs {
             let model = job.run.load_model::<B>(&device)?.valid();
-            all.push(greedy_texts(
-                &model,
-                &job.encoder,
-                &job.test,
-                job.task_id,
-                job.max_new_tokens,
-                self.batch_size,
-            )?);
+            all.push(match &job.scoring {
+                Scoring::Generation {
+                    encoder,
+                    max_new_tokens,
+                } => Predictions::Texts(greedy_texts(
+                    &model,
+                    encoder,
+                    &job.test,
+                    job.task_id,
+                    *max_new_tokens,
+                    self.batch_size,
+                )?),
+                Scoring::RankClassification(choices) => {
+                    Predictions::Ranked(rank_classification(&model, choices, self.batch_size)?)
+                }
+            });
         }
         Ok(all)
     }
@@ -92,7 +117,7 @@ fn job(dir: &Path, args: &Args) -> Result<Job> {
     };
     let adapt = (**adapt).clone();
     let model_config = check_model_dir(&run.settings.model)?;
-    let encoder = run.settings.encoder(&model_config)?;
+    let encoder = adapt.encoder(&run.settings, &model_config)?;
     let mut test = adapt.split(&run.settings)?.test;
     if let Some(n) = args.n_test {
         test.truncate(n);
@@ -102,14 +127,19 @@ fn job(dir: &Path, args: &Args) -> Result<Job> {
     } else {
         run.tasks.id(&adapt.task).unwrap_or(0)
     };
-    let max_new_tokens = args.max_new_tokens.unwrap_or(run.settings.max_target_len);
+    let scoring = match adapt.t0 {
+        Some(_) => Scoring::RankClassification(encode_choices(&encoder, &test, task_id)?),
+        None => Scoring::Generation {
+            encoder,
+            max_new_tokens: args.max_new_tokens.unwrap_or(run.settings.max_target_len),
+        },
+    };
     Ok(Job {
         run,
         adapt,
-        encoder,
         test,
         task_id,
-        max_new_tokens,
+        scoring,
     })
 }
 
@@ -131,10 +161,23 @@ pub fn run(args: Args) -> Result<()> {
     let predictions = catch_panics(&format!("evaluating on `{spec}`"), || with_backend(spec, task))?;
     let mut rows = Vec::new();
     let mut lines = String::new();
-    for (texts, job) in predictions.iter().zip(&jobs) {
+    for (predicted, job) in predictions.into_iter().zip(&jobs) {
         let (adapt, test) = (&job.adapt, &job.test);
-        let scores = GenerationScores::of(texts, test);
-        for (metric, value) in [("rouge_l", scores.rouge_l), ("exact_match", scores.exact_match)] {
+        let (metrics, texts) = match predicted {
+            Predictions::Texts(texts) => {
+                let scores = GenerationScores::of(&texts, test);
+                let metrics = vec![("rouge_l", scores.rouge_l), ("exact_match", scores.exact_match)];
+                (metrics, texts)
+            }
+            Predictions::Ranked(ranked) => {
+                let chosen = ranked.predictions.iter().zip(test).map(|(&p, example)| {
+                    let choices = example.answer.as_ref().map(|a| a.choices.as_slice());
+                    choices.and_then(|c| c.get(p)).cloned().unwrap_or_default()
+                });
+                (vec![("accuracy", ranked.accuracy)], chosen.collect())
+            }
+        };
+        for (metric, value) in metrics {
             rows.push(ResultRow {
                 method: job.run.method.to_string(),
                 task: adapt.task.clone(),

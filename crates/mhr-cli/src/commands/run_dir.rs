@@ -23,11 +23,11 @@ use mhr_core::TaskMap;
 use mhr_core::peft::{PeftAdapter, PeftKind, TASKS_FILE, TargetModules};
 use mhr_data::{
     ByteTokenizer, Encoder, EncoderConfig, FewShotSplit, HfTokenizer, SniDir, SniPromptFormat, SniTask,
-    SniTestSet, TextTokenizer, sni_few_shot,
+    SniTestSet, T0Dataset, T0Dir, TextTokenizer, sni_few_shot,
 };
 use mhr_models::{CONFIG_FILE, ModelError, T5Config, T5ForConditionalGeneration, has_weights};
-use mhr_train::data::StepData;
 use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
+use mhr_train::objective::Objective;
 use mhr_train::trainer::{RunDir, RunOptions, TrainConfig, load_latest, train};
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +56,8 @@ pub struct TrainSettings {
     pub sni: PathBuf,
     /// Task list file (one name per line) of the training tasks.
     pub train_tasks: PathBuf,
-    /// Task list file of held-out tasks: they get routing rows (untouched in pre-training) for `mhr adapt`.
+    /// Task list file of held-out tasks: they get routing rows (untouched in pre-training) for `mhr adapt`;
+    /// SNI task names, or T0 held-out dataset names (`rte`, `copa`, …) for `mhr adapt --t0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_out_tasks: Option<PathBuf>,
     /// Instances kept per task, in file order.
@@ -98,11 +99,16 @@ pub struct AdaptSettings {
     pub pretrained: PathBuf,
     /// The adaptation variant: the pre-trained method, or its `-z` / `-mu` variant.
     pub method: String,
+    /// An SNI task of the pre-training run's folder, or with `t0` a T0 held-out dataset (`rte`, `copa`, …).
     pub task: String,
+    /// A T0 evaluation folder (absolute path): the task is multiple choice, trained with the T-Few loss and
+    /// scored by rank classification. Absent (as in adaptations written before it existed): SNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t0: Option<PathBuf>,
     /// Training examples drawn by `seed` (after the test set is taken out).
     pub k: usize,
     pub seed: u64,
-    /// The first `test_instances` instances of the task file are its test set, never trained on.
+    /// SNI only: the first `test_instances` instances of the task file are its test set, never trained on.
     pub test_instances: usize,
     pub train: TrainConfig,
 }
@@ -177,10 +183,15 @@ impl TrainSettings {
 
     /// The encoder of the run's prompts (mttl's SNI format) and lengths.
     pub fn encoder(&self, model: &T5Config) -> Result<Encoder> {
+        self.encoder_with_suffix(model, SniPromptFormat::Mttl.source_suffix())
+    }
+
+    /// The run's tokenizer and lengths; an over-long source keeps `suffix` at its end (`None`: cut the end).
+    fn encoder_with_suffix(&self, model: &T5Config, suffix: Option<&str>) -> Result<Encoder> {
         let config = EncoderConfig {
             max_source_len: self.max_source_len,
             max_target_len: self.max_target_len,
-            source_suffix: SniPromptFormat::Mttl.source_suffix().map(String::from),
+            source_suffix: suffix.map(String::from),
         };
         Ok(Encoder::new(self.tokenizer(model)?, config)?)
     }
@@ -210,8 +221,42 @@ impl TrainSettings {
 }
 
 impl AdaptSettings {
-    /// The few-shot split of `task` (loaded with room for the test set and `2k` more instances).
+    /// The T0 dataset named by `task` when the adaptation is on T0 data (`None` for SNI).
+    pub fn t0_dataset(&self) -> Result<Option<(T0Dir, T0Dataset)>> {
+        let Some(dir) = &self.t0 else {
+            return Ok(None);
+        };
+        let Some(dataset) = T0Dataset::from_name(&self.task) else {
+            let known: Vec<&str> = T0Dataset::ALL.iter().map(|d| d.name()).collect();
+            bail!(
+                "--task {}: not a T0 held-out dataset (known: {})",
+                self.task,
+                known.join(", ")
+            );
+        };
+        if !dir.is_dir() {
+            bail!("--t0 {}: not a directory", dir.display());
+        }
+        let dir = T0Dir::open(dir)?;
+        Ok(Some((dir, dataset)))
+    }
+
+    /// The encoder of the task's examples: the run's (mttl's SNI prompt format) for SNI, the run's lengths
+    /// with plain truncation for T0's promptsource prompts.
+    pub fn encoder(&self, pretrained: &TrainSettings, model: &T5Config) -> Result<Encoder> {
+        match self.t0 {
+            Some(_) => pretrained.encoder_with_suffix(model, None),
+            None => pretrained.encoder(model),
+        }
+    }
+
+    /// The few-shot split of `task`. SNI: loaded with room for the test set and `2k` more instances. T0:
+    /// T-Few's protocol (`T0Dir::few_shot`) without validation rows; its test set is the evaluation rows
+    /// not drawn for training.
     pub fn split(&self, pretrained: &TrainSettings) -> Result<FewShotSplit> {
+        if let Some((dir, dataset)) = self.t0_dataset()? {
+            return Ok(dir.few_shot(dataset, self.k, 0, self.seed)?);
+        }
         let sni = SniDir::open(&pretrained.sni)?;
         let max = pretrained.max_instances.max(self.test_instances + 2 * self.k);
         let task = SniTask::read(&sni.task_path(&self.task), Some(max))?.to_task(&SniPromptFormat::Mttl);
@@ -327,7 +372,7 @@ impl Run {
 /// stops with a hint to resume (a second one exits at once).
 pub fn train_in_run<B: AutodiffBackend>(
     model: Model<B>,
-    data: &dyn StepData,
+    data: Objective<'_>,
     config: &TrainConfig,
     dir: &Path,
     stop_after: Option<usize>,

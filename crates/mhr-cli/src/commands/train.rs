@@ -9,9 +9,10 @@ use burn::tensor::backend::AutodiffBackend;
 use mhr_core::Method;
 use mhr_core::TaskMap;
 use mhr_core::peft::TASKS_FILE;
-use mhr_data::{SniDir, TaskIndex, TaskList};
+use mhr_data::{SniDir, T0Dataset, TaskIndex, TaskList};
 use mhr_train::batch::TokenizedExample;
 use mhr_train::data::ShuffledEpochs;
+use mhr_train::objective::Objective;
 use mhr_train::sni::{encode_all, load_tasks};
 
 use crate::commands::common::{catch_panics, model_files};
@@ -48,7 +49,8 @@ pub struct Args {
     /// `train_tasks`: task list file of the training tasks.
     #[arg(long, value_name = "FILE")]
     pub train_tasks: Option<PathBuf>,
-    /// `held_out_tasks`: task list file of the tasks kept for `mhr adapt`.
+    /// `held_out_tasks`: task list file of the tasks kept for `mhr adapt` (SNI tasks, or T0 held-out dataset
+    /// names such as rte for `mhr adapt --t0`).
     #[arg(long, value_name = "FILE")]
     pub held_out_tasks: Option<PathBuf>,
     /// `train.steps`.
@@ -186,7 +188,8 @@ impl BackendTask for TrainTask {
             train_config.grad_accumulation,
             train_config.seed,
         );
-        if let Some(model) = train_in_run(model, &sampler, train_config, &self.out, self.stop_after, "train")?
+        let data = Objective::from(&sampler);
+        if let Some(model) = train_in_run(model, data, train_config, &self.out, self.stop_after, "train")?
             && let Some(adapter) = peft_adapter(&model, &self.tasks, &self.settings.model)?
         {
             adapter.save(self.out.join(ADAPTER_DIR))?;
@@ -236,8 +239,16 @@ pub fn run(args: Args) -> Result<()> {
             entries: Vec::new(),
         },
     };
-    // Checks that every held-out task has a file (reading none): a missing one is named with its list line.
-    sni.load(&held_out, Default::default())?;
+    // Checks that every held-out SNI task has a file (reading none): a missing one is named with its list
+    // line. T0 held-out dataset names (rte, copa, …) only reserve a routing row for `mhr adapt --t0`.
+    let held_out_sni = TaskList {
+        path: held_out.path.clone(),
+        entries: (held_out.entries.iter())
+            .filter(|(_, name)| T0Dataset::from_name(name).is_none())
+            .cloned()
+            .collect(),
+    };
+    sni.load(&held_out_sni, Default::default())?;
     let train_tasks: Vec<_> =
         load_tasks(&sni, &train_list, settings.max_instances)?.collect::<Result<_, _>>()?;
     if train_tasks.is_empty() {

@@ -1,0 +1,93 @@
+//! What a stage minimises, on which data. The loop in [`crate::trainer`] is the same for every objective:
+//! only the forward pass and the loss of a micro-batch differ.
+
+use burn::prelude::*;
+use mhr_core::{RoutingContext, RoutingMode};
+use mhr_data::ChoiceBatchData;
+use mhr_models::T5ForConditionalGeneration;
+
+use crate::batch::{IGNORE_INDEX, TrainBatch};
+use crate::data::{ChoiceStepData, StepData};
+use crate::error::TrainError;
+use crate::eval::choice_pad_id;
+use crate::losses::{label_smoothed_nll, tfew_loss};
+use crate::trainer::device_of;
+
+/// A stage's data and loss.
+#[derive(Clone, Copy)]
+pub enum Objective<'a> {
+    /// One target per example: the model's mean token cross entropy, or fairseq's label-smoothed NLL
+    /// when `TrainConfig::label_smoothing` > 0 (pre-training, SNI few-shot).
+    Tokens(&'a dyn StepData),
+    /// Multiple-choice examples under T-Few's L_LM + L_MC + L_UL ([`tfew_loss`], PAPER.md §2.5): the T0
+    /// few-shot stage. `label_smoothing` does not apply.
+    TFew(&'a dyn ChoiceStepData),
+}
+
+/// Token data converts as it did before objectives existed, so `train(model, &sampler, …)` keeps working.
+impl<'a, T: StepData> From<&'a T> for Objective<'a> {
+    fn from(data: &'a T) -> Self {
+        Self::Tokens(data)
+    }
+}
+
+/// One micro-batch's loss and what it is made of.
+pub(crate) struct MicroLoss<B: Backend> {
+    pub loss: Tensor<B, 1>,
+    /// Named parts of `loss`, logged beside it in `metrics.jsonl` (T-Few's three terms; none for tokens).
+    pub terms: Vec<(&'static str, Tensor<B, 1>)>,
+    /// Real (non-pad) source + target tokens, for throughput.
+    pub tokens: usize,
+}
+
+impl Objective<'_> {
+    /// The loss of micro-batch `micro` of `step` under `mode` routing.
+    pub(crate) fn micro_loss<B: Backend>(
+        &self,
+        model: &T5ForConditionalGeneration<B>,
+        step: usize,
+        micro: usize,
+        label_smoothing: f64,
+        mode: RoutingMode,
+    ) -> Result<MicroLoss<B>, TrainError> {
+        let device = device_of(model);
+        match self {
+            Self::Tokens(data) => {
+                let pad = model.config().pad_token_id;
+                let batch = TrainBatch::<B>::from_examples(&data.examples(step, micro), pad, &device);
+                let ctx = RoutingContext::new(batch.task_ids, mode);
+                let out = model.forward(batch.input_ids, batch.attention_mask, batch.labels.clone(), &ctx)?;
+                let loss = if label_smoothing > 0.0 {
+                    label_smoothed_nll(out.logits, batch.labels, label_smoothing)
+                } else {
+                    out.loss
+                };
+                Ok(MicroLoss {
+                    loss,
+                    terms: Vec::new(),
+                    tokens: batch.tokens,
+                })
+            }
+            Self::TFew(data) => {
+                let data = ChoiceBatchData::collate(&data.choices(step, micro), choice_pad_id(model)?);
+                let pairs = &data.pairs;
+                let tokens = pairs.attention_mask.iter().filter(|&&m| m == 1).count()
+                    + pairs.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+                let batch = data.to_tensors::<B>(&device);
+                let pairs = batch.pairs;
+                let ctx = RoutingContext::new(pairs.task_ids, mode);
+                let out = model.forward(pairs.input_ids, pairs.attention_mask, pairs.labels.clone(), &ctx)?;
+                let loss = tfew_loss(out.logits, pairs.labels, &batch.num_choices, &batch.gold)?;
+                Ok(MicroLoss {
+                    loss: loss.total,
+                    terms: vec![
+                        ("lm", loss.lm),
+                        ("mc", loss.mc),
+                        ("unlikelihood", loss.unlikelihood),
+                    ],
+                    tokens,
+                })
+            }
+        }
+    }
+}
