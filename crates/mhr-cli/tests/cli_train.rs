@@ -656,13 +656,17 @@ fn bad_adapt_and_eval_inputs_are_one_line_errors() {
 
 /// `mhr adapt --run pre --t0 T0EVAL --task TASK --k 8 --seed 42 --out OUT extra...`.
 fn adapt_t0(setup: &Setup, task: &str, out: &str, extra: &[&str]) -> Output {
-    let (pre, out, t0) = (setup.path("pre"), setup.path(out), shared().join("data/t0eval"));
+    adapt_t0_from(setup, &shared().join("data/t0eval"), task, out, extra)
+}
+
+fn adapt_t0_from(setup: &Setup, t0: &Path, task: &str, out: &str, extra: &[&str]) -> Output {
+    let (pre, out) = (setup.path("pre"), setup.path(out));
     let mut args = vec![
         "adapt",
         "--run",
         s(&pre),
         "--t0",
-        s(&t0),
+        s(t0),
         "--task",
         task,
         "--k",
@@ -788,38 +792,10 @@ fn t0_adaptation_trains_with_tfew_and_eval_reports_rank_accuracy() {
         &adapt_t0(&setup, "copx", "e1", &[]),
         &["--task copx", "not a T0 held-out dataset", "copa"],
     );
-    let output = mhr([
-        "adapt",
-        "--run",
-        s(&setup.path("pre")),
-        "--t0",
-        s(&setup.path("nowhere")),
-        "--task",
-        "copa",
-        "--k",
-        "8",
-        "--seed",
-        "1",
-        "--out",
-        s(&setup.path("e2")),
-    ]);
+    let output = adapt_t0_from(&setup, &setup.path("nowhere"), "copa", "e2", &[]);
     assert_error(&output, &["--t0", "nowhere", "not a directory"]);
     std::fs::create_dir(setup.path("empty-t0")).unwrap();
-    let output = mhr([
-        "adapt",
-        "--run",
-        s(&setup.path("pre")),
-        "--t0",
-        s(&setup.path("empty-t0")),
-        "--task",
-        "copa",
-        "--k",
-        "8",
-        "--seed",
-        "1",
-        "--out",
-        s(&setup.path("e3")),
-    ]);
+    let output = adapt_t0_from(&setup, &setup.path("empty-t0"), "copa", "e3", &[]);
     assert_error(&output, &["empty-t0", "templates.yaml"]);
     // A T0 dataset without a routing row, under a routed method.
     assert_error(&adapt_t0(&setup, "rte", "e4", &[]), &["--task rte", "tasks.json"]);
