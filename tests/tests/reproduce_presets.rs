@@ -153,5 +153,5 @@ fn synthetic_preset_runs_and_scores_routing() {
         assert!(row.iter().all(|c| (-1.0 - 1e-6..=1.0 + 1e-6).contains(c)));
     }
     // The base model is cached: a second run with the same settings loads it instead of training.
-    assert!(out.path().join("base-seed0/model.mpk").exists());
+    assert!(out.path().join("base/model.mpk").exists());
 }
