@@ -13,7 +13,7 @@ use mhr_core::io::SafetensorsFile;
 use mhr_core::peft::{PeftAdapter, TargetModules};
 use mhr_core::{
     AdapterConfig, Method, PolyRouter, RoutedLoraConfig, RouterGranularity, RoutingConfig, RoutingContext,
-    RoutingMode, SiteRouter, Stage,
+    RoutingDiagnostics, RoutingMode, SiteRouter, Stage,
 };
 use mhr_models::T5ForConditionalGeneration;
 use mhr_tests::{assert_abs_close, assert_rel_close, t5_fixture};
@@ -412,6 +412,18 @@ fn new_task_rows_and_private_one_hot_routing_use_the_shared_matrix() {
             !router.module_logits.val().is_require_grad(),
             "Private routing is fixed"
         );
+    }
+    // Diagnostics per group: one-hot routing is fully discrete, one skill in three switched on.
+    let diagnostics: Vec<(String, RoutingDiagnostics)> = private
+        .routers()
+        .iter()
+        .map(|(group, r)| (group.clone(), RoutingDiagnostics::of(r)))
+        .collect();
+    assert_eq!(diagnostics.len(), 2);
+    for (group, d) in diagnostics {
+        assert!(group == "encoder" || group == "decoder", "{group}");
+        assert_eq!(d.discreteness, 1.0, "{group}");
+        assert!((d.sparsity - 1.0 / 3.0).abs() < 1e-12, "{group}: {}", d.sparsity);
     }
 }
 
