@@ -46,7 +46,11 @@ fn routed(variant: &str, module: &str) -> (RoutedLora<B>, Tensor<B, 1, Int>) {
 fn router_output_equals_peft_mixing_weights() {
     for variant in ["poly", "mhr"] {
         let (r, ids) = routed(variant, Q);
-        let w = r.router.mixing_weights(ids, RoutingMode::Deterministic);
+        let w = r
+            .router
+            .own()
+            .unwrap()
+            .mixing_weights(ids, RoutingMode::Deterministic);
         let reference =
             SafetensorsFile::open(t5_fixture(&format!("t5-v1_1-{variant}/reference.safetensors"))).unwrap();
         let expected = reference.f32(&format!("mixing_weights.{Q}")).unwrap();
@@ -67,7 +71,12 @@ fn mixed_batch_delta_equals_per_example_formula() {
         let ctx = RoutingContext::new(ids.clone(), RoutingMode::Deterministic);
         let got = f32s(r.delta(x.clone(), &ctx));
 
-        let w = f32s(r.router.mixing_weights(ids, RoutingMode::Deterministic));
+        let w = f32s(
+            r.router
+                .own()
+                .unwrap()
+                .mixing_weights(ids, RoutingMode::Deterministic),
+        );
         let a = f32s(r.poly_lora_a.val());
         let b = f32s(r.poly_lora_b.val());
         let xs = f32s(x);
@@ -116,7 +125,13 @@ fn mu_adapter_equals_uniformly_routed_inventory() {
         r.poly_lora_a.val(),
         r.poly_lora_b.val(),
         PolyRouter::from_logits(
-            Tensor::zeros([1, r.router.n_heads * r.router.n_skills], &DEV),
+            Tensor::zeros(
+                [
+                    1,
+                    r.router.own().unwrap().n_heads * r.router.own().unwrap().n_skills,
+                ],
+                &DEV,
+            ),
             4,
             4,
             RoutingConfig::default(),
@@ -424,7 +439,7 @@ fn frozen_base_and_trainable_sets() {
         Tensor::from_data(r.poly_lora_a.val().into_data(), &DEV),
         Tensor::from_data(r.poly_lora_b.val().into_data(), &DEV),
         PolyRouter::from_logits(
-            Tensor::from_data(r.router.module_logits.val().into_data(), &DEV),
+            Tensor::from_data(r.router.own().unwrap().module_logits.val().into_data(), &DEV),
             4,
             4,
             RoutingConfig::default(),
@@ -441,7 +456,7 @@ fn frozen_base_and_trainable_sets() {
         (
             l.weight.val().is_require_grad(),
             g(&r.poly_lora_a),
-            r.router.module_logits.val().is_require_grad(),
+            r.router.own().unwrap().module_logits.val().is_require_grad(),
         )
     };
     assert_eq!(flags(&layer), (false, true, true));

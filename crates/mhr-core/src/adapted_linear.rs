@@ -7,6 +7,7 @@ use crate::ia3::{Ia3, RoutedIa3};
 use crate::lora::Lora;
 use crate::routed::RoutedLora;
 use crate::routing::{RoutingContext, RoutingMode};
+use crate::sharing::SiteRouter;
 
 /// The adapter kinds an [`AdaptedLinear`] can carry.
 #[derive(Module, Debug)]
@@ -40,6 +41,25 @@ impl<B: Backend> Adapter<B> {
                 device,
             )),
         })
+    }
+}
+
+impl<B: Backend> Adapter<B> {
+    /// Where a routed adapter's router is; `None` for unrouted ones.
+    pub fn router(&self) -> Option<&SiteRouter<B>> {
+        match self {
+            Adapter::RoutedLora(r) => Some(&r.router),
+            Adapter::RoutedIa3(r) => Some(&r.router),
+            Adapter::Lora(_) | Adapter::Ia3(_) => None,
+        }
+    }
+
+    pub fn router_mut(&mut self) -> Option<&mut SiteRouter<B>> {
+        match self {
+            Adapter::RoutedLora(r) => Some(&mut r.router),
+            Adapter::RoutedIa3(r) => Some(&mut r.router),
+            Adapter::Lora(_) | Adapter::Ia3(_) => None,
+        }
     }
 }
 
@@ -153,6 +173,15 @@ impl<B: Backend> AdaptedLinear<B> {
     ) -> Result<Tensor<B, 2>, CoreError> {
         let w = self.weight.val();
         let (d_in, d_out) = (self.d_in(), self.d_out());
+        let own_router = |router: &'_ SiteRouter<B>| {
+            router.own().cloned().ok_or_else(|| {
+                CoreError::Config(
+                    "cannot merge a site whose router is shared by its group: merge a per-layer copy \
+                     (SharedRouters::per_layer_copy)"
+                        .into(),
+                )
+            })
+        };
         let task_of = |routed_tasks: usize| match task {
             Some(t) if t < routed_tasks => Ok(t),
             Some(t) => Err(CoreError::Config(format!(
@@ -173,15 +202,17 @@ impl<B: Backend> AdaptedLinear<B> {
         Ok(match adapter {
             Adapter::Lora(lora) => w.clone() + lora.dense_update() * sign,
             Adapter::RoutedLora(routed) => {
-                let t = task_of(routed.router.n_tasks())?;
-                w.clone() + routed.dense_update(t) * sign
+                let router = own_router(&routed.router)?;
+                let t = task_of(router.n_tasks())?;
+                w.clone() + routed.dense_update(&router, t) * sign
             }
             Adapter::Ia3(ia3) => scale_rows_or_cols(ia3.ia3_l.val(), ia3.feedforward),
             Adapter::RoutedIa3(routed) => {
-                let t = task_of(routed.router.n_tasks())?;
+                let router = own_router(&routed.router)?;
+                let t = task_of(router.n_tasks())?;
                 let device = w.device();
                 let ids = Tensor::<B, 1, Int>::from_data([t as i64], &device);
-                let weights = routed.router.mixing_weights(ids, RoutingMode::Deterministic);
+                let weights = router.mixing_weights(ids, RoutingMode::Deterministic);
                 let width = if routed.feedforward { d_in } else { d_out };
                 scale_rows_or_cols(routed.mix(weights).reshape([width]), routed.feedforward)
             }

@@ -45,6 +45,70 @@ pub enum Normalization {
     SqrtCorrection,
 }
 
+/// Which adapted layers share one routing matrix `Z` (mttl's `router_granularity`, PAPER.md §1.3).
+///
+/// Groups are read off HF module paths (`encoder.block.3.layer.1.EncDecAttention.q`), as mttl does: a shared
+/// granularity groups the sites whose paths agree up to the `layer.<j>` / `block.<i>` segment or the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterGranularity {
+    /// One `Z` per adapted linear layer: mttl's `finegrained` (its default and the paper's), peft's only layout.
+    #[default]
+    PerLayer,
+    /// One `Z` per sublayer of a block (`layer.<j>`: self-attention, cross-attention or feed-forward), shared
+    /// by its linear layers: mttl's `layerwise`.
+    PerSublayer,
+    /// One `Z` per block (`block.<i>`) of each stack: mttl's `blockwise`.
+    PerBlock,
+    /// One `Z` for the encoder and one for the decoder: mttl's `coderwise`.
+    PerStack,
+    /// One `Z` for the whole model: mttl's `coarsegrained`.
+    PerModel,
+}
+
+impl RouterGranularity {
+    /// Whether sites share a router (every granularity but per layer).
+    pub fn is_shared(self) -> bool {
+        self != RouterGranularity::PerLayer
+    }
+
+    /// The kebab-case name used in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouterGranularity::PerLayer => "per-layer",
+            RouterGranularity::PerSublayer => "per-sublayer",
+            RouterGranularity::PerBlock => "per-block",
+            RouterGranularity::PerStack => "per-stack",
+            RouterGranularity::PerModel => "per-model",
+        }
+    }
+
+    /// The group of the site at module path `path`, which names it: the path itself per layer, its prefix
+    /// through `layer.<j>` or `block.<i>`, its first segment (the stack), or `model`.
+    pub fn group_of(self, path: &str) -> Result<String, CoreError> {
+        let through = |segment: &str| {
+            let parts: Vec<&str> = path.split('.').collect();
+            parts
+                .windows(2)
+                .position(|w| w[0] == segment && w[1].parse::<usize>().is_ok())
+                .map(|i| parts[..i + 2].join("."))
+                .ok_or_else(|| {
+                    CoreError::Config(format!(
+                        "router granularity {}: module path `{path}` has no `{segment}.<index>` segment",
+                        self.name()
+                    ))
+                })
+        };
+        match self {
+            RouterGranularity::PerLayer => Ok(path.to_string()),
+            RouterGranularity::PerSublayer => through("layer"),
+            RouterGranularity::PerBlock => through("block"),
+            RouterGranularity::PerStack => Ok(path.split('.').next().unwrap_or_default().to_string()),
+            RouterGranularity::PerModel => Ok("model".to_string()),
+        }
+    }
+}
+
 /// Every routing knob of the references in one place (PAPER.md §1.4), with peft's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -62,6 +126,8 @@ pub struct RoutingConfig {
     /// before normalisation. mttl builds a fresh `nn.Dropout` at every call, which is always in training mode,
     /// so it drops at evaluation too; here it acts in training mode only.
     pub logits_dropout: f64,
+    /// Which adapted layers share one routing matrix (default: each has its own).
+    pub granularity: RouterGranularity,
 }
 
 impl RoutingConfig {
@@ -92,6 +158,7 @@ impl Default for RoutingConfig {
             normalization: Normalization::SumToOne,
             unknown_task_fallback: false,
             logits_dropout: 0.0,
+            granularity: RouterGranularity::PerLayer,
         }
     }
 }

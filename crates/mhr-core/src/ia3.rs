@@ -4,6 +4,7 @@ use burn::prelude::*;
 use crate::config::RoutedIa3Config;
 use crate::router::PolyRouter;
 use crate::routing::RoutingContext;
+use crate::sharing::SiteRouter;
 
 /// (IA)^3: a vector `l` that scales the layer output (`[d_out]`), or its input (`[d_in]`) for
 /// feed-forward down-projections (peft's `feedforward_modules`). Initialised to ones: the identity.
@@ -31,7 +32,7 @@ impl<B: Backend> Ia3<B> {
 #[derive(Module, Debug)]
 pub struct RoutedIa3<B: Backend> {
     pub poly_ia3_l: Param<Tensor<B, 3>>,
-    pub router: PolyRouter<B>,
+    pub router: SiteRouter<B>,
     pub feedforward: bool,
 }
 
@@ -42,14 +43,16 @@ impl<B: Backend> RoutedIa3<B> {
         let router = PolyRouter::new(config.n_tasks, h, s, config.routing.clone(), device);
         Self {
             poly_ia3_l: Param::from_tensor(vectors),
-            router,
+            router: SiteRouter::Own(router),
             feedforward: config.feedforward,
         }
     }
 
     /// Per-example scaling vectors `[b, 1, width]` for a batch of `b` rows.
     pub fn scaling(&self, batch: usize, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
-        let weights = self.router.mixing_weights(ctx.ids_for_batch(batch), ctx.mode());
+        let weights = ctx
+            .router(&self.router)
+            .mixing_weights(ctx.ids_for_batch(batch), ctx.mode());
         self.mix(weights)
     }
 

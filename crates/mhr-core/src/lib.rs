@@ -19,12 +19,13 @@ pub mod peft;
 mod routed;
 mod router;
 mod routing;
+mod sharing;
 mod tasks;
 
 pub use adapted_linear::{AdaptedLinear, Adapter, Merged};
 pub use config::{
     AdapterConfig, Ia3Config, InitMode, LoraConfig, Normalization, RoutedIa3Config, RoutedLoraConfig,
-    RoutingConfig,
+    RouterGranularity, RoutingConfig,
 };
 pub use diagnostics::RoutingDiagnostics;
 pub use error::CoreError;
@@ -34,4 +35,5 @@ pub use method::{Method, NewTaskRouting, ParamGroup, Stage, TrainableSet};
 pub use routed::RoutedLora;
 pub use router::PolyRouter;
 pub use routing::{RoutingContext, RoutingMode};
+pub use sharing::{SharedRouters, SiteRouter};
 pub use tasks::TaskMap;

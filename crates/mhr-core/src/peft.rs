@@ -12,7 +12,7 @@ use burn::tensor::TensorData;
 use serde_json::{Value, json};
 
 use crate::adapted_linear::Adapter;
-use crate::config::RoutingConfig;
+use crate::config::{RouterGranularity, RoutingConfig};
 use crate::error::CoreError;
 use crate::ia3::Ia3;
 use crate::io::{SafetensorsFile, read_json, write_atomic, write_safetensors};
@@ -499,8 +499,13 @@ impl PeftAdapter {
                 if b.shape.to_vec() != [h, s, r, d_out / h] {
                     return Err(mismatch("poly_lora_B", vec![h, s, r, d_out / h], b));
                 }
+                // peft's routers are per layer, whatever granularity `routing` names.
+                let routing = RoutingConfig {
+                    granularity: RouterGranularity::PerLayer,
+                    ..routing.clone()
+                };
                 let router =
-                    PolyRouter::from_logits(Tensor::from_data(logits.clone(), device), h, s, routing.clone());
+                    PolyRouter::from_logits(Tensor::from_data(logits.clone(), device), h, s, routing);
                 let a = Tensor::from_data(a.clone(), device);
                 let b = Tensor::from_data(b.clone(), device);
                 Adapter::RoutedLora(RoutedLora::from_parts(a, b, router, 1.0 / r as f64))
@@ -571,7 +576,7 @@ impl PeftAdapter {
                     }
                     PeftKind::Poly {
                         r: rank,
-                        n_tasks: r.router.module_logits.dims()[0],
+                        n_tasks: own_router(path, r)?.n_tasks(),
                         n_skills: s,
                         n_splits: h,
                     }
@@ -632,7 +637,7 @@ impl PeftAdapter {
             Adapter::RoutedLora(r) => ModuleWeights::Poly {
                 a: r.poly_lora_a.val().into_data(),
                 b: r.poly_lora_b.val().into_data(),
-                logits: r.router.module_logits.val().into_data(),
+                logits: own_router("a routed LoRA", r)?.module_logits.val().into_data(),
             },
             Adapter::Lora(l) => ModuleWeights::Lora {
                 a: l.lora_a.val().into_data(),
@@ -649,6 +654,16 @@ impl PeftAdapter {
             }
         })
     }
+}
+
+/// peft has per-layer routers only: a site of a shared group is exported through a per-layer copy.
+fn own_router<'a, B: Backend>(path: &str, r: &'a RoutedLora<B>) -> Result<&'a PolyRouter<B>, CoreError> {
+    r.router.own().ok_or_else(|| {
+        CoreError::Config(format!(
+            "{path}: its router is shared by its group and peft has per-layer routers only; export a \
+             per-layer copy (SharedRouters::per_layer_copy)"
+        ))
+    })
 }
 
 fn dims4(t: &TensorData, path: &Path, key: &str) -> Result<[usize; 4], CoreError> {

@@ -6,6 +6,7 @@ use crate::config::RoutedLoraConfig;
 use crate::lora::Lora;
 use crate::router::PolyRouter;
 use crate::routing::{RoutingContext, RoutingMode};
+use crate::sharing::SiteRouter;
 
 /// A skill inventory `A: [h, S, d_in/h, r]`, `B: [h, S, r, d_out/h]` with its router (peft's layout).
 ///
@@ -15,7 +16,7 @@ use crate::routing::{RoutingContext, RoutingMode};
 pub struct RoutedLora<B: Backend> {
     pub poly_lora_a: Param<Tensor<B, 4>>,
     pub poly_lora_b: Param<Tensor<B, 4>>,
-    pub router: PolyRouter<B>,
+    pub router: SiteRouter<B>,
     pub scale: f64,
 }
 
@@ -43,7 +44,7 @@ impl<B: Backend> RoutedLora<B> {
         Self {
             poly_lora_a: Param::from_tensor(a),
             poly_lora_b: Param::from_tensor(b),
-            router,
+            router: SiteRouter::Own(router),
             scale,
         }
     }
@@ -91,17 +92,18 @@ impl<B: Backend> RoutedLora<B> {
     /// power-of-two scales (`1/r`) this is exact.
     pub fn delta(&self, x: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
         let ids = ctx.ids_for_batch(x.dims()[0]);
-        let (a, b) = self.mix(self.router.mixing_weights(ids, ctx.mode()));
+        let (a, b) = self.mix(ctx.router(&self.router).mixing_weights(ids, ctx.mode()));
         let u = x.matmul(a);
         let u = if self.scale == 1.0 { u } else { u * self.scale };
         u.matmul(b)
     }
 
-    /// The dense update `scale · A_t B_t: [d_in, d_out]` of one task under deterministic routing.
-    pub fn dense_update(&self, task: usize) -> Tensor<B, 2> {
+    /// The dense update `scale · A_t B_t: [d_in, d_out]` of one task under deterministic routing by `router`
+    /// (the site's own or its group's).
+    pub fn dense_update(&self, router: &PolyRouter<B>, task: usize) -> Tensor<B, 2> {
         let device = self.poly_lora_a.device();
         let ids = Tensor::<B, 1, Int>::from_data([task as i64], &device);
-        let (a, b) = self.mix(self.router.mixing_weights(ids, RoutingMode::Deterministic));
+        let (a, b) = self.mix(router.mixing_weights(ids, RoutingMode::Deterministic));
         let [_, d_in, r] = a.dims();
         let d_out = b.dims()[2];
         a.reshape([d_in, r]).matmul(b.reshape([r, d_out])) * self.scale

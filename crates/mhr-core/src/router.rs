@@ -150,6 +150,8 @@ impl<B: Backend> PolyRouter<B> {
             vec![self.module_logits.val(), Self::fresh_rows(n, width, &device)],
             0,
         );
+        // A new leaf: autodiff backends refuse to make the output of an operation a parameter.
+        let logits = Tensor::from_data(logits.into_data(), &device);
         Self::from_logits(logits, self.n_heads, self.n_skills, self.config)
     }
 

@@ -1,5 +1,8 @@
 use burn::prelude::*;
 
+use crate::router::PolyRouter;
+use crate::sharing::{SharedRouters, SiteRouter};
+
 /// Whether routing weights are sampled (training) or deterministic (evaluation).
 ///
 /// Kept explicit rather than inferred from the backend, so that gradients can be taken through the
@@ -16,10 +19,12 @@ pub enum RoutingMode {
 ///
 /// It travels with the forward call, never through global state. A layer whose input batch is `k`
 /// times the number of task ids (beam search, one row per answer choice) repeats each id `k` times.
+/// The model adds its shared routers ([`Self::with_shared_routers`]) for the sites that route through them.
 #[derive(Debug, Clone)]
 pub struct RoutingContext<B: Backend> {
     task_ids: Option<Tensor<B, 1, Int>>,
     mode: RoutingMode,
+    shared: SharedRouters<B>,
 }
 
 impl<B: Backend> RoutingContext<B> {
@@ -27,6 +32,7 @@ impl<B: Backend> RoutingContext<B> {
         Self {
             task_ids: Some(task_ids),
             mode,
+            shared: SharedRouters::default(),
         }
     }
 
@@ -35,6 +41,7 @@ impl<B: Backend> RoutingContext<B> {
         Self {
             task_ids: None,
             mode: RoutingMode::Deterministic,
+            shared: SharedRouters::default(),
         }
     }
 
@@ -56,6 +63,7 @@ impl<B: Backend> RoutingContext<B> {
         Self {
             task_ids: self.task_ids.clone().map(|ids| repeat_interleave(ids, k)),
             mode: self.mode,
+            shared: self.shared.clone(),
         }
     }
 
@@ -64,7 +72,23 @@ impl<B: Backend> RoutingContext<B> {
         Self {
             task_ids: self.task_ids.clone().map(|ids| ids.select(0, indices)),
             mode: self.mode,
+            shared: self.shared.clone(),
         }
+    }
+
+    /// The context with the model's shared routers (clones share the parameters' tensors, so gradients
+    /// reach the model's routers).
+    pub fn with_shared_routers(mut self, shared: &SharedRouters<B>) -> Self {
+        self.shared = shared.clone();
+        self
+    }
+
+    /// The router of a site: its own, or its group's from the shared routers.
+    ///
+    /// # Panics
+    /// When the site names a shared router the context does not hold; models check this before a call.
+    pub fn router<'a>(&'a self, site: &'a SiteRouter<B>) -> &'a PolyRouter<B> {
+        self.shared.resolve(site).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The task ids for a batch of `batch` rows.

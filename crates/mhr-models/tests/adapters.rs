@@ -111,7 +111,12 @@ fn check_gradients(name: &str) {
             put("poly_lora_B", a.poly_lora_b.grad(&grads).map(Tensor::into_data));
             put(
                 "poly_router.module_logits",
-                a.router.module_logits.grad(&grads).map(Tensor::into_data),
+                a.router
+                    .own()
+                    .unwrap()
+                    .module_logits
+                    .grad(&grads)
+                    .map(Tensor::into_data),
             );
         }
     });
@@ -164,6 +169,8 @@ fn routing_weights_match_peft() {
             if let (true, Some(Adapter::RoutedLora(a))) = (path == site, &linear.adapter) {
                 weights = Some(
                     a.router
+                        .own()
+                        .unwrap()
                         .mixing_weights(reference.ints("task_ids"), RoutingMode::Deterministic),
                 );
             }

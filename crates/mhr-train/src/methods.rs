@@ -90,14 +90,12 @@ pub fn attach_pretraining<B: Backend>(
                 },
                 ..RoutedLoraConfig::new(sizes.poly_rank, n_tasks, 1, n_tasks)
             });
-            model.with_adapters(targets, &config)?.map_sites(|_, mut site| {
-                if let Some(Adapter::RoutedLora(r)) = &mut site.adapter {
-                    let device = r.router.module_logits.device();
-                    let eye = Tensor::<B, 2>::eye(n_tasks, &device) * (2.0 * HARD_LOGIT) - HARD_LOGIT;
-                    r.router.module_logits = Param::from_tensor(eye);
-                }
-                Ok::<_, TrainError>(site)
-            })?
+            model.with_adapters(targets, &config)?.map_routers(|mut router| {
+                let device = router.module_logits.device();
+                let eye = Tensor::<B, 2>::eye(n_tasks, &device) * (2.0 * HARD_LOGIT) - HARD_LOGIT;
+                router.module_logits = Param::from_tensor(eye);
+                router
+            })
         }
         other => unreachable!("pretraining_method() never returns {other}"),
     };

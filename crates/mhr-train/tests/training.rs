@@ -294,7 +294,7 @@ fn adaptation_regimes_train_only_their_parameters() {
     let moved = changed(&before, &named(&z));
     assert!(!moved.is_empty());
     assert!(
-        moved.iter().all(|p| p.ends_with("router.module_logits")),
+        moved.iter().all(|p| p.ends_with("module_logits")),
         "-z moved {moved:?}"
     );
 

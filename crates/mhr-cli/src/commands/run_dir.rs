@@ -404,12 +404,8 @@ pub fn peft_adapter<B: Backend>(
     tasks: &TaskMap,
     base_model: &Path,
 ) -> Result<Option<PeftAdapter>> {
-    let mut modules = Vec::new();
-    model.for_each_site(|path, site| {
-        if let Some(adapter) = &site.adapter {
-            modules.push((path.to_string(), adapter.clone()));
-        }
-    });
+    // peft's routers are per layer: a router shared by a group is written into each of its sites.
+    let modules = model.per_layer_adapters()?;
     if modules.is_empty() {
         return Ok(None);
     }

@@ -7,7 +7,10 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::embedding;
 use mhr_core::peft::{PeftAdapter, TargetModules};
-use mhr_core::{AdaptedLinear, Adapter, AdapterConfig, RoutingConfig, RoutingContext};
+use mhr_core::{
+    AdaptedLinear, Adapter, AdapterConfig, PolyRouter, RoutingConfig, RoutingContext, SharedRouters,
+    SiteRouter,
+};
 
 use crate::config::T5Config;
 use crate::error::ModelError;
@@ -23,7 +26,8 @@ pub const IGNORE_INDEX: i64 = -100;
 ///
 /// Every linear layer of the blocks is an [`AdaptedLinear`] adapter site named by its HF module path; task ids
 /// reach each site through the [`RoutingContext`] of the call. Base parameters are created frozen (PEFT is the
-/// normal use); unfreeze them with `mhr_core::TrainableSet` for full fine-tuning.
+/// normal use); unfreeze them with `mhr_core::TrainableSet` for full fine-tuning. Routers shared by groups of
+/// sites (a routing granularity coarser than per layer) live here once, not in the sites.
 #[derive(Module, Debug)]
 pub struct T5ForConditionalGeneration<B: Backend> {
     /// `[vocab, d_model]`: token embeddings of both stacks, and the head when tied.
@@ -32,6 +36,8 @@ pub struct T5ForConditionalGeneration<B: Backend> {
     pub decoder: T5Stack<B>,
     /// Untied head in Burn's `[d_model, vocab]` layout (HF's `lm_head.weight` transposed); `None` when tied.
     pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// One router per group of sites that share routing; empty with per-layer routing.
+    pub shared_routers: SharedRouters<B>,
     config: T5Config,
 }
 
@@ -148,6 +154,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
             encoder,
             decoder,
             lm_head,
+            shared_routers: SharedRouters::default(),
             config,
         })
     }
@@ -183,9 +190,9 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         let mask_bias = mask_values
             .contains(&0)
             .then(|| (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, s]) * MASKED);
-        let last_hidden_state = self
-            .encoder
-            .encode(self.embed(input_ids), mask_bias.as_ref(), ctx);
+        let last_hidden_state =
+            self.encoder
+                .encode(self.embed(input_ids), mask_bias.as_ref(), &self.with_routers(ctx));
         Ok(EncoderOutput {
             last_hidden_state,
             attention_mask,
@@ -219,9 +226,14 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
             &encoder.last_hidden_state,
             encoder.mask_bias.as_ref(),
             cache,
-            ctx,
+            &self.with_routers(ctx),
         );
         self.lm_logits(hidden)
+    }
+
+    /// The call's context with the model's shared routers, for the sites that route through them.
+    fn with_routers(&self, ctx: &RoutingContext<B>) -> RoutingContext<B> {
+        ctx.clone().with_shared_routers(&self.shared_routers)
     }
 
     /// Teacher-forced scoring of `labels: [b, t]` ([`IGNORE_INDEX`] = ignored) given an encoded batch.
@@ -289,8 +301,16 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         logits.reshape([b, t, self.config.vocab_size])
     }
 
-    /// Rebuilds the model with `f` applied to every adapter site, in module order, with its HF path.
+    /// Rebuilds the model with `f` applied to every adapter site, in module order, with its HF path. Shared
+    /// routers that no site routes through any more (their sites got other adapters) are dropped.
     pub fn map_sites<E>(
+        self,
+        f: impl FnMut(&str, AdaptedLinear<B>) -> Result<AdaptedLinear<B>, E>,
+    ) -> Result<Self, E> {
+        Ok(self.map_each_site(f)?.drop_unused_routers())
+    }
+
+    fn map_each_site<E>(
         self,
         mut f: impl FnMut(&str, AdaptedLinear<B>) -> Result<AdaptedLinear<B>, E>,
     ) -> Result<Self, E> {
@@ -306,10 +326,108 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
     /// Visits every adapter site with its HF path, in module order.
     pub fn for_each_site(&self, mut f: impl FnMut(&str, &AdaptedLinear<B>)) {
         // One traversal serves both directions: the clone is cheap, tensors are reference-counted.
-        let Ok(_) = self.clone().map_sites(|path, site| {
+        let Ok(_) = self.clone().map_each_site(|path, site| {
             f(path, &site);
             Ok::<_, Infallible>(site)
         });
+    }
+
+    /// Keeps the shared routers some site routes through, renumbering the sites' indices.
+    fn drop_unused_routers(self) -> Self {
+        let mut used = vec![false; self.shared_routers.len()];
+        self.for_each_site(|_, site| {
+            if let Some(SiteRouter::Shared(g)) = site.adapter.as_ref().and_then(Adapter::router)
+                && let Some(u) = used.get_mut(*g)
+            {
+                *u = true;
+            }
+        });
+        if used.iter().all(|u| *u) {
+            return self;
+        }
+        let (kept, renumber) = self.shared_routers.clone().retain(&used);
+        let Ok(model) = self.map_each_site(|_, mut site| {
+            if let Some(SiteRouter::Shared(g)) = site.adapter.as_mut().and_then(Adapter::router_mut)
+                && let Some(Some(new)) = renumber.get(*g)
+            {
+                *g = *new;
+            }
+            Ok::<_, Infallible>(site)
+        });
+        Self {
+            shared_routers: kept,
+            ..model
+        }
+    }
+
+    /// Moves the routers of sites whose routing config names a shared granularity into one router per
+    /// group (see [`SharedRouters::share`]).
+    fn share_routers(self) -> Result<Self, ModelError> {
+        let mut shared = self.shared_routers.clone();
+        let model = self
+            .map_each_site(|path, site| shared.share(path, site))
+            .map_err(ModelError::from)?;
+        Ok(Self {
+            shared_routers: shared,
+            ..model
+        })
+    }
+
+    /// Applies `f` to every router once: each site's own and each shared one (one-hot Private routing, rows
+    /// for new tasks).
+    pub fn map_routers(self, mut f: impl FnMut(PolyRouter<B>) -> PolyRouter<B>) -> Self {
+        let Ok(model) = self.map_each_site(|_, mut site| {
+            if let Some(SiteRouter::Own(router)) = site.adapter.as_mut().and_then(Adapter::router_mut) {
+                *router = f(router.clone());
+            }
+            Ok::<_, Infallible>(site)
+        });
+        let shared_routers = SharedRouters {
+            routers: model.shared_routers.routers.into_iter().map(f).collect(),
+            groups: model.shared_routers.groups,
+        };
+        Self {
+            shared_routers,
+            ..model
+        }
+    }
+
+    /// Every router once, named by what it routes: a site's path for its own router, the group
+    /// (`encoder.block.0`, `decoder`, `model`) for a shared one; in module order of their first site.
+    pub fn routers(&self) -> Vec<(String, PolyRouter<B>)> {
+        let mut listed = vec![false; self.shared_routers.len()];
+        let mut routers = Vec::new();
+        self.for_each_site(
+            |path, site| match site.adapter.as_ref().and_then(Adapter::router) {
+                Some(SiteRouter::Own(router)) => routers.push((path.to_string(), router.clone())),
+                Some(SiteRouter::Shared(g)) if !listed.get(*g).copied().unwrap_or(true) => {
+                    listed[*g] = true;
+                    let group = self.shared_routers.groups[*g].clone();
+                    routers.push((group, self.shared_routers.routers[*g].clone()));
+                }
+                _ => {}
+            },
+        );
+        routers
+    }
+
+    /// Every site's adapter with its path, each owning its router: a shared router's logits are copied into
+    /// every site of its group (peft's per-layer layout; the outputs are unchanged).
+    pub fn per_layer_adapters(&self) -> Result<Vec<(String, Adapter<B>)>, ModelError> {
+        let mut adapters = Vec::new();
+        let mut error = None;
+        self.for_each_site(|path, site| {
+            if let Some(adapter) = &site.adapter {
+                match self.shared_routers.per_layer_copy(adapter) {
+                    Ok(copy) => adapters.push((path.to_string(), copy)),
+                    Err(e) => error = error.take().or(Some(e)),
+                }
+            }
+        });
+        match error {
+            Some(e) => Err(e.into()),
+            None => Ok(adapters),
+        }
     }
 
     /// HF module paths of all adapter sites (`encoder.block.0.layer.0.SelfAttention.q`, ...).
@@ -320,7 +438,8 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
     }
 
     /// Attaches a fresh adapter to every site whose path `targets` matches (peft's `target_modules`). Targets
-    /// that match no site are an error, as in peft: a typo would otherwise train nothing.
+    /// that match no site are an error, as in peft: a typo would otherwise train nothing. A routed adapter
+    /// whose routing granularity is shared gets its group's router (created by the group's first site).
     pub fn with_adapters(self, targets: &TargetModules, config: &AdapterConfig) -> Result<Self, ModelError> {
         let mut matched = 0usize;
         let model = self
@@ -338,10 +457,11 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
                 targets: targets.to_string(),
             });
         }
-        Ok(model)
+        model.share_routers()
     }
 
-    /// Puts the adapters of a peft folder on their sites; every module of the folder must be a site.
+    /// Puts the adapters of a peft folder on their sites; every module of the folder must be a site. peft
+    /// has per-layer routers only, so the routing is per layer whatever granularity `routing` names.
     pub fn with_peft_adapter(
         self,
         adapter: &PeftAdapter,
@@ -420,11 +540,21 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         // The smallest task count among routers that refuse unknown tasks.
         let mut n_tasks: Option<usize> = None;
         let mut fewest_tasks = usize::MAX;
+        let mut missing = None;
         self.for_each_site(|_, site| {
-            let router = match (&site.adapter, site.merged()) {
-                (Some(Adapter::RoutedLora(a)), None) => &a.router,
-                (Some(Adapter::RoutedIa3(a)), None) => &a.router,
-                _ => return,
+            let slot = match (&site.adapter, site.merged()) {
+                (Some(adapter), None) => adapter.router(),
+                _ => None,
+            };
+            let Some(slot) = slot else {
+                return;
+            };
+            let router = match self.shared_routers.resolve(slot) {
+                Ok(router) => router,
+                Err(e) => {
+                    missing = Some(e);
+                    return;
+                }
             };
             routed = true;
             fewest_tasks = fewest_tasks.min(router.n_tasks());
@@ -432,6 +562,9 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
                 n_tasks = Some(n_tasks.map_or(router.n_tasks(), |n| n.min(router.n_tasks())));
             }
         });
+        if let Some(e) = missing {
+            return Err(e.into());
+        }
         if !routed {
             return Ok(());
         }

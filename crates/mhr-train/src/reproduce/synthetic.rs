@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TargetModules;
-use mhr_core::{Adapter, Method, RoutingConfig, RoutingMode, Stage};
+use mhr_core::{Method, RoutingConfig, RoutingMode, Stage};
 use mhr_data::synthetic::{ComposedTask, Skill, SyntheticSuite, SyntheticVocab, sample_input};
 use mhr_models::{T5Config, T5ForConditionalGeneration};
 use rand::rngs::StdRng;
@@ -350,28 +350,26 @@ fn stage_config(steps: usize, batch: usize, lr: f64, routing_lr: f64, seed: u64)
     }
 }
 
-/// Per task, the concatenation over adapted layers of its deterministic mixing weights (`[n_tasks, D]`).
+/// Per task, the concatenation over the model's routers (one per layer, or one per group of layers that
+/// share routing) of its deterministic mixing weights (`[n_tasks, D]`).
 fn routing_matrix<B: Backend>(model: &Model<B>, n_tasks: usize) -> Vec<Vec<f32>> {
     let mut rows = vec![Vec::new(); n_tasks];
-    model.for_each_site(|_, site| {
-        if let Some(Adapter::RoutedLora(r)) = &site.adapter {
-            let device = r.poly_lora_a.device();
-            let ids = Tensor::<B, 1, Int>::from_data(
-                TensorData::new((0..n_tasks as i64).collect::<Vec<_>>(), [n_tasks]),
-                &device,
-            );
-            let w: Vec<f32> = r
-                .router
-                .mixing_weights(ids, RoutingMode::Deterministic)
-                .into_data()
-                .iter::<f32>()
-                .collect();
-            let width = w.len() / n_tasks;
-            for (t, row) in rows.iter_mut().enumerate() {
-                row.extend_from_slice(&w[t * width..(t + 1) * width]);
-            }
+    for (_, router) in model.routers() {
+        let device = router.module_logits.device();
+        let ids = Tensor::<B, 1, Int>::from_data(
+            TensorData::new((0..n_tasks as i64).collect::<Vec<_>>(), [n_tasks]),
+            &device,
+        );
+        let w: Vec<f32> = router
+            .mixing_weights(ids, RoutingMode::Deterministic)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let width = w.len() / n_tasks;
+        for (t, row) in rows.iter_mut().enumerate() {
+            row.extend_from_slice(&w[t * width..(t + 1) * width]);
         }
-    });
+    }
     rows
 }
 
