@@ -1130,7 +1130,7 @@ fn tfew_z_adaptation_moves_only_routing() {
     let moved = changed(&before, &named(&z));
     assert!(!moved.is_empty());
     assert!(
-        moved.iter().all(|p| p.ends_with("router.module_logits")),
+        moved.iter().all(|p| p.ends_with("module_logits")),
         "-z moved {moved:?}"
     );
 }
