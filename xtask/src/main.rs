@@ -125,6 +125,15 @@ fn sni_model(args: &ReproduceArgs, default_repo: &str) -> Result<(PathBuf, Optio
     Ok((files.dir, files.tokenizer))
 }
 
+/// `--methods all`: every method of the preset's table.
+fn expand_all(methods: Vec<String>, table: &[&str]) -> Vec<String> {
+    if methods == ["all"] {
+        table.iter().map(|m| m.to_string()).collect()
+    } else {
+        methods
+    }
+}
+
 fn reproduce(args: ReproduceArgs) -> Result<()> {
     ensure_compiled(args.device)?;
     let sni_preset = match args.preset {
@@ -146,7 +155,7 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
                 settings.seeds = seeds;
             }
             if let Some(methods) = args.methods {
-                settings.methods = methods;
+                settings.methods = expand_all(methods, &sni::METHODS);
             }
             with_backend(
                 args.device,
@@ -162,7 +171,7 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
                 settings.seeds = seeds;
             }
             if let Some(methods) = args.methods {
-                settings.methods = methods;
+                settings.methods = expand_all(methods, &synthetic::METHODS);
             }
             with_backend(
                 args.device,
