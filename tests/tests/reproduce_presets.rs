@@ -113,6 +113,31 @@ fn synthetic_preset_runs_and_scores_routing() {
     };
     let report = synthetic::run::<A>(&settings, out.path(), &Default::default()).unwrap();
     assert_eq!(report.results.rows.len(), 5 * 10, "5 methods × 10 held-out tasks");
+    // Of the ordering's pairs only `lora ≥ lora-scratch` has both methods here; its gap is the difference of the means.
+    let [check] = report.ordering.as_slice() else {
+        panic!("one ordering claim, found {:?}", report.ordering)
+    };
+    let mean = |m: &str| {
+        let v: Vec<f64> = report
+            .results
+            .rows
+            .iter()
+            .filter(|r| r.method == m)
+            .map(|r| r.value)
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert_eq!(
+        (check.better.as_str(), check.worse.as_str(), check.k),
+        ("lora", "lora-scratch", 16)
+    );
+    assert!((check.gap - (mean("lora") - mean("lora-scratch"))).abs() < 1e-12);
+    assert_eq!(check.holds, check.gap >= 0.0, "one seed: no noise allowance");
+    assert!(
+        std::fs::read_to_string(out.path().join("results.md"))
+            .unwrap()
+            .contains("| lora ≥ lora-scratch | 16 |")
+    );
     assert!(
         report
             .results

@@ -97,6 +97,11 @@ impl BackendTask for Synthetic {
             "routing vs ground truth (Spearman ρ): {:?}",
             report.spearman_routing_vs_truth
         );
+        let held = report.ordering.iter().filter(|c| c.holds).count();
+        println!(
+            "ordering MHR ≥ Poly > LoRA > LoRA from scratch: {held} of {} claims hold",
+            report.ordering.len()
+        );
         Ok(())
     }
 }

@@ -125,6 +125,68 @@ const REFERENCE: [(&str, usize, f64); 14] = [
     ("mhr-mu", 64, 0.43),
 ];
 
+/// The prototype's ordering (SYNTHETIC.md: "MHR ≥ Poly > shared LoRA > from-scratch LoRA, at both k"): each
+/// pair is (better, worse).
+const ORDERING: [(&str, &str); 3] = [("mhr", "poly"), ("poly", "lora"), ("lora", "lora-scratch")];
+
+/// One claim of the ordering at one k: `better` scores at least as high as `worse`, within seed noise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderingCheck {
+    pub better: String,
+    pub worse: String,
+    pub k: usize,
+    /// Mean over seeds of `better` minus that of `worse` (each the mean over held-out tasks).
+    pub gap: f64,
+    /// `√(std_better² + std_worse²)` over seeds: how far below zero the gap may fall (0 with one seed).
+    pub noise: f64,
+    pub holds: bool,
+}
+
+/// The ordering claims at every k where both methods of a pair ran.
+pub fn ordering_checks(results: &Results) -> Vec<OrderingCheck> {
+    let summary = results.summary();
+    let ks: std::collections::BTreeSet<usize> = summary.keys().map(|(_, k)| *k).collect();
+    let mut checks = Vec::new();
+    for (better, worse) in ORDERING {
+        for &k in &ks {
+            let (Some(b), Some(w)) = (summary.get(&(better.into(), k)), summary.get(&(worse.into(), k)))
+            else {
+                continue;
+            };
+            let (gap, noise) = (b.mean - w.mean, b.std.hypot(w.std));
+            checks.push(OrderingCheck {
+                better: better.into(),
+                worse: worse.into(),
+                k,
+                gap,
+                noise,
+                holds: gap >= -noise,
+            });
+        }
+    }
+    checks
+}
+
+/// The checks as a markdown section of results.md.
+fn ordering_markdown(checks: &[OrderingCheck]) -> String {
+    let mut md = String::from(
+        "\n## Ordering (SYNTHETIC.md: MHR ≥ Poly > shared LoRA > LoRA from scratch)\n\n\
+         | claim | k | gap | seed noise | holds |\n|---|---|---|---|---|\n",
+    );
+    for c in checks {
+        md += &format!(
+            "| {} ≥ {} | {} | {:+.3} | {:.3} | {} |\n",
+            c.better,
+            c.worse,
+            c.k,
+            c.gap,
+            c.noise,
+            if c.holds { "yes" } else { "**no**" }
+        );
+    }
+    md
+}
+
 /// A method of the preset: a row of the method table, the LoRA rank its family uses, and whether it skips
 /// multi-task pre-training (LoRA from scratch, the floor).
 struct MethodPlan {
@@ -231,6 +293,8 @@ pub struct SyntheticReport {
     pub results: Results,
     /// Spearman ρ between routing similarity and shared ground-truth skills over the training tasks.
     pub spearman_routing_vs_truth: std::collections::BTreeMap<String, f64>,
+    /// The prototype's method ordering, checked on these results.
+    pub ordering: Vec<OrderingCheck>,
     pub markdown: String,
 }
 
@@ -747,10 +811,13 @@ where
     write_json(&out.join("alignment.json"), &alignment)?;
     let note = "Reference: the PyTorch + peft prototype of this suite (`../shared/SYNTHETIC.md`, mean over 10 held-out \
                 tasks and 2 seeds; its held-out tasks per seed differ from ours, as Python's RNG differs from ours).";
-    let markdown = write_results(out, &results, &METHODS, &REFERENCE, note)?;
+    let ordering = ordering_checks(&results);
+    let markdown = write_results(out, &results, &METHODS, &REFERENCE, note)? + &ordering_markdown(&ordering);
+    mhr_core::io::write_atomic(out.join("results.md"), markdown.as_bytes())?;
     Ok(SyntheticReport {
         results,
         spearman_routing_vs_truth: spearman_by_method,
+        ordering,
         markdown,
     })
 }
@@ -758,4 +825,80 @@ where
 /// The default output folder of `cargo xtask reproduce`.
 pub fn default_out() -> PathBuf {
     PathBuf::from("runs/reproduce")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SYNTHETIC.md's per-seed means (seed 0, seed 1) at k = 16 and 64 for the four methods of the ordering.
+    const PROTOTYPE: [(&str, usize, [f64; 2]); 8] = [
+        ("lora-scratch", 16, [0.117, 0.171]),
+        ("lora-scratch", 64, [0.285, 0.335]),
+        ("lora", 16, [0.255, 0.365]),
+        ("lora", 64, [0.386, 0.548]),
+        ("poly", 16, [0.354, 0.435]),
+        ("poly", 64, [0.502, 0.570]),
+        ("mhr", 16, [0.365, 0.479]),
+        ("mhr", 64, [0.492, 0.609]),
+    ];
+
+    fn results(table: &[(&str, usize, [f64; 2])]) -> Results {
+        let rows = table
+            .iter()
+            .flat_map(|&(method, k, per_seed)| {
+                per_seed
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(seed, value)| ResultRow {
+                        method: method.into(),
+                        task: "mean".into(),
+                        k,
+                        seed: seed as u64,
+                        metric: "exact_match".into(),
+                        value,
+                    })
+            })
+            .collect();
+        Results {
+            preset: "synthetic".into(),
+            rows,
+        }
+    }
+
+    #[test]
+    fn the_prototype_satisfies_its_own_ordering() {
+        let checks = ordering_checks(&results(&PROTOTYPE));
+        assert_eq!(checks.len(), 6, "3 pairs × 2 k");
+        assert!(checks.iter().all(|c| c.holds), "{checks:?}");
+        // mhr vs poly at k = 64: 0.5505 − 0.536 = +0.0145, seed stds 0.0827 and 0.0481.
+        let c = checks.iter().find(|c| c.better == "mhr" && c.k == 64).unwrap();
+        assert!((c.gap - 0.0145).abs() < 1e-9, "{c:?}");
+        assert!((c.noise - 0.0827f64.hypot(0.0481)).abs() < 1e-3, "{c:?}");
+    }
+
+    #[test]
+    fn a_swapped_ordering_fails_beyond_seed_noise() {
+        // MHR given the scores of LoRA from scratch and the reverse: MHR falls ≥ 0.22 below Poly, more than three
+        // times the seed noise, at both k.
+        let mut table = PROTOTYPE;
+        for row in &mut table {
+            row.0 = match row.0 {
+                "mhr" => "lora-scratch",
+                "lora-scratch" => "mhr",
+                other => other,
+            };
+        }
+        let failed: Vec<_> = ordering_checks(&results(&table))
+            .into_iter()
+            .filter(|c| !c.holds)
+            .map(|c| (c.better, c.worse, c.k))
+            .collect();
+        assert!(failed.contains(&("mhr".into(), "poly".into(), 16)), "{failed:?}");
+        assert!(failed.contains(&("mhr".into(), "poly".into(), 64)), "{failed:?}");
+        assert!(
+            !failed.iter().any(|(b, _, _)| b == "poly"),
+            "poly ≥ lora is untouched: {failed:?}"
+        );
+    }
 }
