@@ -588,11 +588,7 @@ fn eval_scores_the_generations_that_mhr_generate_produces() {
         })
         .collect();
 
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&predictions)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = read_jsonl(&predictions);
     assert_eq!(lines.len(), 4);
     for ((line, text), example) in lines.iter().zip(&texts).zip(test) {
         assert_eq!(line["prediction"], text.as_str());
@@ -692,11 +688,7 @@ fn t0_adaptation_trains_with_tfew_and_eval_reports_rank_accuracy() {
         adapt_toml.contains("t0 = ") && adapt_toml.contains("task = \"copa\""),
         "{adapt_toml}"
     );
-    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(setup.path("copa/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let metrics = read_jsonl(setup.path("copa/metrics.jsonl"));
     assert_eq!(metrics.len(), 3);
     for line in &metrics {
         let term = |k: &str| line[k].as_f64().unwrap_or_else(|| panic!("no `{k}` in {line}"));
@@ -759,16 +751,8 @@ fn t0_adaptation_trains_with_tfew_and_eval_reports_rank_accuracy() {
         )
     );
     // Each prediction is one of its row's two choices; the accuracy is the share equal to the gold one.
-    let raw: Vec<serde_json::Value> = std::fs::read_to_string(shared().join("data/t0eval/copa/val.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&predictions)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let raw = read_jsonl(shared().join("data/t0eval/copa/val.jsonl"));
+    let lines = read_jsonl(&predictions);
     assert_eq!(lines.len(), 20);
     let mut correct = 0;
     for line in &lines {
@@ -802,4 +786,13 @@ fn t0_adaptation_trains_with_tfew_and_eval_reports_rank_accuracy() {
     for out in ["e1", "e2", "e3", "e4"] {
         assert!(!setup.path(out).exists(), "{out} written");
     }
+}
+
+/// The JSON values of a JSON-lines file.
+fn read_jsonl(path: impl AsRef<Path>) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
