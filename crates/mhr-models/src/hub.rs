@@ -9,7 +9,7 @@ use hf_hub::{Cache, Repo, RepoType};
 
 use crate::config::T5Config;
 use crate::error::ModelError;
-use crate::loader::{CONFIG_FILE, has_weights, shard_names, weight_layouts};
+use crate::loader::{CONFIG_FILE, shard_names, weight_layouts};
 
 /// Where the T5 SentencePiece vocabulary is fetched from for checkpoints that ship only `spiece.model`
 /// (the LM-adapted and v1.1 ones): every T5 checkpoint with 32,128 embedding rows uses the same vocabulary.
@@ -66,15 +66,17 @@ impl Hub {
     /// A complete earlier download: the config, one weight layout and the tokenizer, all in the cache.
     fn cached(&self, repo: &str) -> Option<ModelFiles> {
         let cache = Cache::new(self.cache_dir.clone());
-        let dir = cache.model(repo.into()).get(CONFIG_FILE)?.parent()?.to_path_buf();
+        let model = cache.model(repo.into());
+        let config = model.get(CONFIG_FILE)?;
+        let dir = config.parent()?.to_path_buf();
         let complete_layout = weight_layouts().any(|(single, index)| {
             dir.join(single).is_file()
                 || shard_names(&dir.join(index))
                     .is_ok_and(|shards| shards.iter().all(|s| dir.join(s).is_file()))
         });
-        let tokenizer = cache.model(repo.into()).get(TOKENIZER_FILE).or_else(|| {
-            let vocab_rows = T5Config::load(dir.join(CONFIG_FILE)).ok()?.vocab_size;
-            (vocab_rows == T5_VOCAB_ROWS)
+        let tokenizer = model.get(TOKENIZER_FILE).or_else(|| {
+            uses_t5_vocabulary(&config)
+                .ok()?
                 .then(|| cache.model(T5_TOKENIZER_REPO.into()).get(TOKENIZER_FILE))
                 .flatten()
         });
@@ -88,26 +90,20 @@ impl Hub {
         let has = |name: &str| listing.siblings.iter().any(|s| s.rfilename == name);
         let config = fetch(&model, repo, CONFIG_FILE)?;
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut fetched_weights = false;
-        for (single, index) in weight_layouts() {
-            if has(single) {
-                fetch(&model, repo, single)?;
-            } else if has(index) {
-                for shard in shard_names(&fetch(&model, repo, index)?)? {
-                    fetch(&model, repo, &shard)?;
-                }
-            } else {
-                continue;
-            }
-            fetched_weights = true;
-            break;
-        }
-        if !fetched_weights || !has_weights(&dir) {
+        // The first layout the repo has, as `T5ForConditionalGeneration::load` prefers them.
+        let Some((single, index)) = weight_layouts().find(|(single, index)| has(single) || has(index)) else {
             return Err(ModelError::NoWeights { dir });
+        };
+        if has(single) {
+            fetch(&model, repo, single)?;
+        } else {
+            for shard in shard_names(&fetch(&model, repo, index)?)? {
+                fetch(&model, repo, &shard)?;
+            }
         }
         let tokenizer = if has(TOKENIZER_FILE) {
             Some(fetch(&model, repo, TOKENIZER_FILE)?)
-        } else if T5Config::load(&config)?.vocab_size == T5_VOCAB_ROWS {
+        } else if uses_t5_vocabulary(&config)? {
             let t5 = api.repo(Repo::new(T5_TOKENIZER_REPO.into(), RepoType::Model));
             Some(fetch(&t5, T5_TOKENIZER_REPO, TOKENIZER_FILE)?)
         } else {
@@ -124,6 +120,11 @@ impl Hub {
         }
         builder.build().map_err(|e| hub_error(repo, "the client", e))
     }
+}
+
+/// A checkpoint without `tokenizer.json` can take T5's when its embedding has T5's 32,128 rows.
+fn uses_t5_vocabulary(config: &Path) -> Result<bool, ModelError> {
+    Ok(T5Config::load(config)?.vocab_size == T5_VOCAB_ROWS)
 }
 
 fn fetch(model: &ApiRepo, repo: &str, file: &str) -> Result<PathBuf, ModelError> {

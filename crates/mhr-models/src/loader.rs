@@ -261,7 +261,6 @@ impl<'a, B: Backend> Checkpoint<'a, B> {
     }
 }
 
-/// The shards named by a `*.index.json` weight map, each opened once, and the shard of every key.
 /// The shard file names an index lists, each once, validated as plain file names.
 #[cfg(feature = "hub")]
 pub(crate) fn shard_names(index_path: &Path) -> Result<BTreeSet<String>, ModelError> {
@@ -285,6 +284,7 @@ fn check_shard_name(index_path: &Path, key: &str, shard: &str) -> Result<(), Mod
     Ok(())
 }
 
+/// The shards named by a `*.index.json` weight map, each opened once, and the shard of every key.
 fn open_shards(
     dir: &Path,
     index_path: &Path,

@@ -3,7 +3,9 @@
 
 use burn::prelude::*;
 use mhr_core::{RoutingContext, RoutingMode};
-use mhr_data::{EncodedExample, Encoder, Example, SniDir, SniOptions, SniPromptFormat, Task, TaskList};
+use mhr_data::{
+    EncodedExample, Encoder, Example, SniDir, SniOptions, SniPromptFormat, Task, TaskList, TextTokenizer,
+};
 use mhr_models::{GenerationConfig, T5ForConditionalGeneration};
 
 use crate::batch::{TokenizedExample, TrainBatch};
@@ -13,6 +15,21 @@ use crate::trainer::device_of;
 
 pub(crate) fn data_error(e: mhr_data::DataError) -> TrainError {
     TrainError::Config(e.to_string())
+}
+
+/// Every id `tokenizer` (named `shown` in the error) produces must have a row in the model's embedding.
+pub fn check_tokenizer_fits(
+    tokenizer: &dyn TextTokenizer,
+    shown: &str,
+    vocab_size: usize,
+) -> Result<(), TrainError> {
+    if tokenizer.vocab_size() > vocab_size {
+        return Err(TrainError::Config(format!(
+            "tokenizer {shown} produces {} ids but the model's vocab_size is {vocab_size}",
+            tokenizer.vocab_size()
+        )));
+    }
+    Ok(())
 }
 
 /// The English tasks of `list` in mttl's prompt format, at most `max_instances` instances each (file

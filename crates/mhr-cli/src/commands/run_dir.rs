@@ -28,6 +28,7 @@ use mhr_data::{
 use mhr_models::{CONFIG_FILE, ModelError, T5Config, T5ForConditionalGeneration, has_weights};
 use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
 use mhr_train::objective::Objective;
+use mhr_train::sni::check_tokenizer_fits;
 use mhr_train::trainer::{RunDir, RunOptions, TrainConfig, load_latest, train};
 use serde::{Deserialize, Serialize};
 
@@ -171,13 +172,7 @@ impl TrainSettings {
             }
         };
         let shown = self.tokenizer.as_deref().unwrap_or("the model's tokenizer.json");
-        if tokenizer.vocab_size() > model.vocab_size {
-            bail!(
-                "tokenizer {shown} produces {} ids but the model's vocab_size is {}",
-                tokenizer.vocab_size(),
-                model.vocab_size
-            );
-        }
+        check_tokenizer_fits(tokenizer.as_ref(), shown, model.vocab_size)?;
         Ok(tokenizer)
     }
 

@@ -28,7 +28,7 @@ use crate::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
 use crate::optim::OptimConfig;
 use crate::reproduce::report::{ResultRow, Results, write_results};
 use crate::schedule::Schedule;
-use crate::sni::{data_error, encode_all, score_generations};
+use crate::sni::{check_tokenizer_fits, data_error, encode_all, score_generations};
 use crate::trainer::{RunOptions, TrainConfig, train, write_json};
 
 type Model<B> = T5ForConditionalGeneration<B>;
@@ -215,31 +215,19 @@ fn tokenizer(settings: &SniSettings) -> Result<Arc<dyn TextTokenizer>, TrainErro
     })
 }
 
-/// The preset's base model (loaded, or random from `seed`), checked to embed every id of the tokenizer.
+/// The preset's base model for `seed`: a clone of the loaded checkpoint, or a random T5 drawn from `seed`.
 fn base_model<B: Backend>(
-    settings: &SniSettings,
+    loaded: Option<&Model<B>>,
     seed: u64,
-    tokenizer_ids: usize,
     device: &B::Device,
 ) -> Result<Model<B>, TrainError> {
-    let model = match &settings.model {
-        Some(dir) => Model::<B>::load(dir, device)?,
+    Ok(match loaded {
+        Some(model) => model.clone(),
         None => {
             B::seed(device, seed);
             Model::<B>::new(&random_model_config(), device)?
         }
-    };
-    let vocab = model.config().vocab_size;
-    if tokenizer_ids > vocab {
-        return Err(TrainError::Config(format!(
-            "the tokenizer ({}) produces {tokenizer_ids} ids but the model's vocab_size is {vocab}",
-            settings
-                .tokenizer
-                .as_ref()
-                .map_or("byte".into(), |p| p.display().to_string()),
-        )));
-    }
-    Ok(model)
+    })
 }
 
 /// Runs the preset on backend `B`, writing `results.{json,md}` under `out`.
@@ -284,7 +272,19 @@ where
     };
     let targets = TargetModules::Names(settings.targets.clone());
     let tokenizer = tokenizer(settings)?;
-    let tokenizer_ids = tokenizer.vocab_size();
+    let loaded = settings
+        .model
+        .as_ref()
+        .map(|dir| Model::<B>::load(dir, device))
+        .transpose()?;
+    let vocab_size = loaded
+        .as_ref()
+        .map_or_else(|| random_model_config().vocab_size, |m| m.config().vocab_size);
+    let shown = settings
+        .tokenizer
+        .as_ref()
+        .map_or("byte".into(), |p| p.display().to_string());
+    check_tokenizer_fits(tokenizer.as_ref(), &shown, vocab_size)?;
     let encoder = Encoder::new(
         tokenizer,
         EncoderConfig {
@@ -307,7 +307,7 @@ where
             } else {
                 settings.lr
             };
-            let base = base_model::<B>(settings, seed, tokenizer_ids, device)?;
+            let base = base_model(loaded.as_ref(), seed, device)?;
             B::seed(device, seed);
             let model = attach_pretraining(base, method, &sizes, &targets, index.len())?;
             let sampler = ShuffledEpochs::new(&train_set, settings.batch, 1, seed);

@@ -167,15 +167,15 @@ pub fn ordering_checks(results: &Results) -> Vec<OrderingCheck> {
     checks
 }
 
-/// The checks as a markdown section of results.md.
+/// The checks as the closing section of results.md (no trailing newline: `write_results` ends the file).
 fn ordering_markdown(checks: &[OrderingCheck]) -> String {
     let mut md = String::from(
-        "\n## Ordering (SYNTHETIC.md: MHR ≥ Poly > shared LoRA > LoRA from scratch)\n\n\
-         | claim | k | gap | seed noise | holds |\n|---|---|---|---|---|\n",
+        "## Ordering (SYNTHETIC.md: MHR ≥ Poly > shared LoRA > LoRA from scratch)\n\n\
+         | claim | k | gap | seed noise | holds |\n|---|---|---|---|---|",
     );
     for c in checks {
         md += &format!(
-            "| {} ≥ {} | {} | {:+.3} | {:.3} | {} |\n",
+            "\n| {} ≥ {} | {} | {:+.3} | {:.3} | {} |",
             c.better,
             c.worse,
             c.k,
@@ -809,11 +809,13 @@ where
         &curves,
     )?;
     write_json(&out.join("alignment.json"), &alignment)?;
-    let note = "Reference: the PyTorch + peft prototype of this suite (`../shared/SYNTHETIC.md`, mean over 10 held-out \
-                tasks and 2 seeds; its held-out tasks per seed differ from ours, as Python's RNG differs from ours).";
     let ordering = ordering_checks(&results);
-    let markdown = write_results(out, &results, &METHODS, &REFERENCE, note)? + &ordering_markdown(&ordering);
-    mhr_core::io::write_atomic(out.join("results.md"), markdown.as_bytes())?;
+    let note = format!(
+        "Reference: the PyTorch + peft prototype of this suite (`../shared/SYNTHETIC.md`, mean over 10 held-out \
+         tasks and 2 seeds; its held-out tasks per seed differ from ours, as Python's RNG differs from ours).\n\n{}",
+        ordering_markdown(&ordering)
+    );
+    let markdown = write_results(out, &results, &METHODS, &REFERENCE, &note)?;
     Ok(SyntheticReport {
         results,
         spearman_routing_vs_truth: spearman_by_method,
