@@ -180,3 +180,129 @@ fn synthetic_preset_runs_and_scores_routing() {
     // The base model is cached: a second run with the same settings loads it instead of training.
     assert!(out.path().join("base/model.mpk").exists());
 }
+
+/// A T0-mixture folder in P3's layout made from two shipped SNI training tasks: task A as two
+/// "templates" (the bare input, and the input after the task definition), task B as one.
+fn p3_folder_from_sni() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let task = |name: &str| -> serde_json::Value {
+        let path = shared_dir().join(format!("data/sni/tasks/{name}.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let a = task("task033_winogrande_answer_generation");
+    let b = task("task080_piqa_answer_generation");
+    let definition = a["Definition"][0].as_str().unwrap().to_string();
+    let subsets: [(&str, &str, &serde_json::Value, &str); 3] = [
+        ("wino_bare", "winogrande", &a, ""),
+        ("wino_defined", "winogrande", &a, definition.as_str()),
+        ("piqa_bare", "piqa", &b, ""),
+    ];
+    let mut manifest = Vec::new();
+    for (subset, dataset, task, prefix) in subsets {
+        manifest.push(serde_json::json!({"subset": subset, "dataset": dataset, "template": subset}));
+        std::fs::create_dir(dir.path().join(subset)).unwrap();
+        let rows: String = task["Instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(40)
+            .map(|i| {
+                let input = format!("{prefix} {}", i["input"].as_str().unwrap());
+                let row = serde_json::json!({"inputs_pretokenized": input.trim(), "targets_pretokenized": i["output"][0]});
+                format!("{row}\n")
+            })
+            .collect();
+        std::fs::write(dir.path().join(subset).join("train.jsonl"), rows).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("mixture.json"),
+        serde_json::to_string(&manifest).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn paper_t0_path_pretrains_on_the_mixture_and_adapts_to_held_out_datasets() {
+    use mhr_train::reproduce::t0::{self, T0Settings};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let p3 = p3_folder_from_sni();
+    let out = tempfile::tempdir().unwrap();
+    let settings = T0Settings {
+        t0eval: shared_dir().join("data/t0eval"),
+        datasets: vec!["copa".into(), "wsc".into()],
+        cap_per_dataset: 40,
+        validation_per_subset: 4,
+        pre_steps: 3,
+        pre_batch: 4,
+        ft_steps: 2,
+        ft_batch: 4,
+        max_source_len: 64,
+        max_target_len: 16,
+        seeds: vec![42, 0],
+        methods: vec!["lora".into(), "mhr".into(), "mhr-z".into()],
+        mhr_heads: 2,
+        n_skills: 2,
+        n_test: 12,
+        eval_batch: 6,
+        ..T0Settings::paper_t0(
+            t5_fixture("t5-v1_1"),
+            t5_fixture("tokenizer.json"),
+            p3.path().to_path_buf(),
+        )
+    };
+    let results = t0::run::<A>(&settings, out.path(), &Default::default()).unwrap();
+    let mut cells: Vec<_> = results
+        .rows
+        .iter()
+        .map(|r| (r.method.as_str(), r.task.as_str(), r.seed, r.k))
+        .collect();
+    cells.sort();
+    let mut expected = Vec::new();
+    for method in ["lora", "mhr", "mhr-z"] {
+        for task in ["copa", "wsc"] {
+            for seed in [0, 42] {
+                expected.push((method, task, seed, 32));
+            }
+        }
+    }
+    assert_eq!(cells, expected, "T-Few's k = 32 for COPA and WSC");
+    // 12 scored rows each: the accuracy is a multiple of 1/12.
+    for r in &results.rows {
+        assert_eq!(r.metric, "accuracy");
+        let correct = r.value * 12.0;
+        assert!((correct - correct.round()).abs() < 1e-9, "{r:?}");
+    }
+    let pre: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("pretraining.json")).unwrap()).unwrap();
+    // One routing row per (dataset, template) in name order, then the held-out datasets.
+    assert_eq!(
+        pre["tasks"],
+        serde_json::json!(["piqa_bare", "wino_bare", "wino_defined", "copa", "wsc"])
+    );
+    for family in ["lora", "mhr"] {
+        let loss = pre["validation_loss"][family].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{family}: {loss}");
+    }
+    let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(md.contains("| mhr | ") && md.contains("0.69"), "{md}");
+}
+
+#[test]
+fn paper_t0_rejects_an_unknown_held_out_dataset_before_loading_anything() {
+    use mhr_train::reproduce::t0::{self, T0Settings};
+    let out = tempfile::tempdir().unwrap();
+    let settings = T0Settings {
+        t0eval: shared_dir().join("data/t0eval"),
+        datasets: vec!["copa".into(), "coppa".into()],
+        ..T0Settings::paper_t0(
+            t5_fixture("t5-v1_1"),
+            t5_fixture("tokenizer.json"),
+            out.path().join("no-p3"),
+        )
+    };
+    let error = t0::run::<A>(&settings, out.path(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`coppa`") && error.contains("anli_r1"), "{error}");
+}

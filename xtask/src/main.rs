@@ -12,6 +12,7 @@ use mhr_cli::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
 use mhr_models::hub::Hub;
 use mhr_train::reproduce::sni::{self, SniSettings};
 use mhr_train::reproduce::synthetic::{self, SyntheticSettings};
+use mhr_train::reproduce::t0::{self, T0Settings};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "mhr reproduction and developer tasks")]
@@ -38,6 +39,9 @@ enum Preset {
     SniSmall,
     /// T5-XL-LM-adapt (or --model) with the paper's SNI hyper-parameters; give the full SNI checkout as "sni".
     PaperSni,
+    /// T5-XL-LM-adapt (or --model) pre-trained on the T0 mixture (--p3 DIR), T-Few adaptation to the T0
+    /// held-out datasets, rank-classification accuracy.
+    PaperT0,
 }
 
 #[derive(clap::Args)]
@@ -62,6 +66,10 @@ struct ReproduceArgs {
     /// (default: google/t5-small-lm-adapt for sni-small, google/t5-xl-lm-adapt for paper-sni).
     #[arg(long, value_name = "DIR|REPO")]
     model: Option<String>,
+    /// paper-t0: the T0 training mixture, a folder with mixture.json and <subset>/train.jsonl
+    /// (scripts/export_p3.py writes one from the Hub's bigscience/P3).
+    #[arg(long, value_name = "DIR")]
+    p3: Option<PathBuf>,
 }
 
 struct Sni {
@@ -78,6 +86,20 @@ impl BackendTask for Sni {
             self.out.display()
         );
         sni::run::<B>(&self.settings, &self.out, &device)?;
+        Ok(())
+    }
+}
+
+struct PaperT0 {
+    settings: T0Settings,
+    out: PathBuf,
+}
+
+impl BackendTask for PaperT0 {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<()> {
+        eprintln!("paper-t0 preset on {spec}, writing to {}", self.out.display());
+        t0::run::<B>(&self.settings, &self.out, &device)?;
         Ok(())
     }
 }
@@ -123,8 +145,8 @@ fn overlay<T: serde::Serialize + serde::de::DeserializeOwned>(
     serde_json::from_value(merged).map_err(|e| fail(&e))
 }
 
-/// The SNI presets' model folder and tokenizer, fetched through the Hub when given as a repo id.
-fn sni_model(args: &ReproduceArgs, default_repo: &str) -> Result<(PathBuf, Option<PathBuf>)> {
+/// A preset's model folder and tokenizer, fetched through the Hub when given as a repo id.
+fn preset_model(args: &ReproduceArgs, default_repo: &str) -> Result<(PathBuf, Option<PathBuf>)> {
     let spec = args.model.as_deref().unwrap_or(default_repo);
     let files = Hub::from_env().resolve(spec)?;
     Ok((files.dir, files.tokenizer))
@@ -139,17 +161,52 @@ fn expand_all(methods: Vec<String>, table: &[&str]) -> Vec<String> {
     }
 }
 
+/// paper-t0's settings: the model (and its tokenizer) through the Hub, the mixture from --p3.
+fn paper_t0(args: &ReproduceArgs) -> Result<T0Settings> {
+    let p3 = args.p3.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--preset paper-t0 needs the T0 training mixture: --p3 DIR, a folder with mixture.json and \
+             <subset>/train.jsonl (scripts/export_p3.py writes one from the Hub's bigscience/P3)"
+        )
+    })?;
+    let (model, tokenizer) = preset_model(args, "google/t5-xl-lm-adapt")?;
+    let tokenizer = tokenizer.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no tokenizer.json beside the model (paper-t0 needs it)",
+            model.display()
+        )
+    })?;
+    let mut settings = overlay(T0Settings::paper_t0(model, tokenizer, p3), args.settings.as_ref())?;
+    if let Some(seeds) = &args.seeds {
+        settings.seeds = seeds.clone();
+    }
+    if let Some(methods) = &args.methods {
+        settings.methods = expand_all(methods.clone(), &t0::METHODS);
+    }
+    Ok(settings)
+}
+
 fn reproduce(args: ReproduceArgs) -> Result<()> {
     ensure_compiled(args.device)?;
+    if args.preset == Preset::PaperT0 {
+        let settings = paper_t0(&args)?;
+        return with_backend(
+            args.device,
+            PaperT0 {
+                settings,
+                out: args.out,
+            },
+        );
+    }
     let sni_preset = match args.preset {
-        Preset::Synthetic => None,
+        Preset::Synthetic | Preset::PaperT0 => None,
         Preset::Smoke => Some(SniSettings::smoke()),
         Preset::SniSmall => {
-            let (model, tokenizer) = sni_model(&args, "google/t5-small-lm-adapt")?;
+            let (model, tokenizer) = preset_model(&args, "google/t5-small-lm-adapt")?;
             Some(SniSettings::sni_small(model, tokenizer))
         }
         Preset::PaperSni => {
-            let (model, tokenizer) = sni_model(&args, "google/t5-xl-lm-adapt")?;
+            let (model, tokenizer) = preset_model(&args, "google/t5-xl-lm-adapt")?;
             Some(SniSettings::paper_sni(model, tokenizer))
         }
     };

@@ -1,5 +1,5 @@
-//! Task data for multi-task adapter routing: Super-NaturalInstructions and T0-style multiple-choice
-//! tasks, promptsource templates, tokenisation, few-shot splits by seed, multi-task mixtures and Burn
+//! Task data for multi-task adapter routing: Super-NaturalInstructions, the T0 training mixture (P3) and
+//! T0-style multiple-choice tasks, promptsource templates, tokenisation, few-shot splits by seed, multi-task mixtures and Burn
 //! batchers. It knows nothing of models or backends beyond building Int tensors.
 //!
 //! The flow is `Task` → few-shot split or mixture → [`Encoder`] → [`Seq2SeqBatcher`] /
@@ -49,6 +49,7 @@ mod error;
 mod fewshot;
 mod jsonl;
 mod mixture;
+mod p3;
 mod sni;
 mod stats;
 pub mod synthetic;
@@ -66,6 +67,9 @@ pub use fewshot::{
     FewShotSplit, SNI_K, SNI_SEEDS, SNI_TEST_INSTANCES, SniTestSet, draw_indices, sni_few_shot, split_pool,
 };
 pub use mixture::{MixingStrategy, Mixture, MixtureItem};
+pub use p3::{
+    P3_MANIFEST, P3Dir, P3Mixture, P3Options, P3Subset, T0_CAP_PER_DATASET, T0_VALIDATION_PER_SUBSET,
+};
 pub use sni::{
     MTTL_SOURCE_SUFFIX, SniDemonstration, SniDir, SniInstance, SniOptions, SniPromptFormat, SniReference,
     SniReferences, SniTask, SniTasks,

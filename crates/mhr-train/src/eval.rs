@@ -57,6 +57,38 @@ pub fn fraction(verdicts: &[bool]) -> f64 {
     }
 }
 
+/// Mean token cross entropy of `examples` under deterministic routing (σ(Z)), weighted by each batch's
+/// label tokens: the validation loss of a pre-training mixture.
+pub fn mean_token_loss<B: Backend>(
+    model: &T5ForConditionalGeneration<B>,
+    examples: &[TokenizedExample],
+    batch_size: usize,
+) -> Result<f64, TrainError> {
+    let device = crate::trainer::device_of(model);
+    let pad = model.config().pad_token_id;
+    let (mut total, mut tokens) = (0.0, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let n = chunk
+            .iter()
+            .map(|e| e.labels.iter().filter(|&&l| l != IGNORE_INDEX).count())
+            .sum::<usize>();
+        if n == 0 {
+            continue;
+        }
+        let batch = TrainBatch::<B>::from_examples(chunk, pad, &device);
+        let ctx = RoutingContext::new(batch.task_ids, RoutingMode::Deterministic);
+        let out = model.forward(batch.input_ids, batch.attention_mask, batch.labels, &ctx)?;
+        total += out.loss.into_scalar().elem::<f64>() * n as f64;
+        tokens += n;
+    }
+    if tokens == 0 {
+        return Err(TrainError::Config(
+            "validation loss: no label tokens to score".into(),
+        ));
+    }
+    Ok(total / tokens as f64)
+}
+
 /// The model's pad id as the token id that [`ChoiceBatchData::collate`] pads with.
 pub(crate) fn choice_pad_id<B: Backend>(model: &T5ForConditionalGeneration<B>) -> Result<u32, TrainError> {
     let pad = model.config().pad_token_id;

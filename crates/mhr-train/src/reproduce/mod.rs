@@ -4,5 +4,6 @@ pub mod plots;
 mod report;
 pub mod sni;
 pub mod synthetic;
+pub mod t0;
 
 pub use report::{ResultRow, Results, write_results};
