@@ -306,3 +306,69 @@ fn paper_t0_rejects_an_unknown_held_out_dataset_before_loading_anything() {
         .to_string();
     assert!(error.contains("`coppa`") && error.contains("anli_r1"), "{error}");
 }
+
+/// `--jobs` runs each (seed, adapter family) unit in its own process and assembles their outcomes: units
+/// taken one by one, in another order, through a JSON round trip, give the report of one sequential run, bit
+/// for bit.
+#[test]
+fn synthetic_seeds_run_apart_assemble_to_the_sequential_report() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let settings = SyntheticSettings {
+        seeds: vec![0, 1],
+        methods: ["lora", "mhr"].map(String::from).to_vec(),
+        ks: vec![16],
+        base_steps: 10,
+        pre_steps: 3,
+        ft_steps: 2,
+        n_test: 10,
+        ..SyntheticSettings::default()
+    };
+    let device = Default::default();
+    let whole_dir = tempfile::tempdir().unwrap();
+    let whole = synthetic::run::<A>(&settings, whole_dir.path(), &device).unwrap();
+    let apart_dir = tempfile::tempdir().unwrap();
+    synthetic::prepare::<A>(&settings, apart_dir.path(), &device).unwrap();
+    let units = synthetic::work_units(&settings).unwrap();
+    assert_eq!(units, [vec!["mhr".to_string()], vec!["lora".to_string()]]);
+    let mut outcomes = Vec::new();
+    for seed in [1, 0] {
+        for methods in &units {
+            // A worker loads the base that `prepare` cached and runs one (seed, adapter family) unit.
+            let base = synthetic::cached_base::<A>(&settings, apart_dir.path(), &device).unwrap();
+            let unit = SyntheticSettings {
+                methods: methods.clone(),
+                ..settings.clone()
+            };
+            let outcome = synthetic::run_seed::<A>(&unit, seed, &base, apart_dir.path(), &device).unwrap();
+            let json = serde_json::to_string(&outcome).unwrap();
+            outcomes.push(serde_json::from_str::<synthetic::SeedOutcome>(&json).unwrap());
+        }
+    }
+    let apart = synthetic::assemble(&settings, &outcomes, apart_dir.path()).unwrap();
+    assert_eq!(whole.markdown, apart.markdown);
+    assert_eq!(whole.spearman_routing_vs_truth, apart.spearman_routing_vs_truth);
+    let values = |r: &synthetic::SyntheticReport| -> Vec<(String, u64, u64)> {
+        r.results
+            .rows
+            .iter()
+            .map(|x| (x.method.clone(), x.seed, x.value.to_bits()))
+            .collect()
+    };
+    assert_eq!(values(&whole), values(&apart));
+    for file in [
+        "routing.json",
+        "alignment.json",
+        "learning_curves.json",
+        "results.json",
+    ] {
+        assert_eq!(
+            std::fs::read(whole_dir.path().join(file)).unwrap(),
+            std::fs::read(apart_dir.path().join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let missing = synthetic::assemble(&settings, &outcomes[..2], apart_dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("no outcome for seed 0"), "{missing}");
+}

@@ -70,6 +70,14 @@ struct ReproduceArgs {
     /// (scripts/export_p3.py writes one from the Hub's bigscience/P3).
     #[arg(long, value_name = "DIR")]
     p3: Option<PathBuf>,
+    /// synthetic: stages 2-3 run in this many processes at once, one per (seed, adapter family), the cores shared
+    /// among them (default: one per core on CPU devices, 1 on GPUs). Numbers are those of a sequential run.
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Internal: run stages 2-3 of one seed's `--methods` on the cached base and write their outcome (the
+    /// workers of `--jobs`).
+    #[arg(long, hide = true)]
+    seed_worker: Option<u64>,
 }
 
 struct Sni {
@@ -113,19 +121,157 @@ impl BackendTask for Synthetic {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<()> {
         eprintln!("synthetic preset on {spec}, writing to {}", self.out.display());
-        let report = synthetic::run::<B>(&self.settings, &self.out, &device)?;
-        println!("{}", report.markdown);
-        println!(
-            "routing vs ground truth (Spearman ρ): {:?}",
-            report.spearman_routing_vs_truth
-        );
-        let held = report.ordering.iter().filter(|c| c.holds).count();
-        println!(
-            "ordering MHR ≥ Poly > LoRA > LoRA from scratch: {held} of {} claims hold",
-            report.ordering.len()
-        );
+        print_report(&synthetic::run::<B>(&self.settings, &self.out, &device)?);
         Ok(())
     }
+}
+
+/// Stage 1 of a `--jobs` run: the base its seed workers load.
+struct SyntheticBase {
+    settings: SyntheticSettings,
+    out: PathBuf,
+}
+
+impl BackendTask for SyntheticBase {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<()> {
+        eprintln!("synthetic preset on {spec}, writing to {}", self.out.display());
+        synthetic::prepare::<B>(&self.settings, &self.out, &device)?;
+        Ok(())
+    }
+}
+
+/// One seed worker of a `--jobs` run.
+struct SyntheticSeed {
+    settings: SyntheticSettings,
+    out: PathBuf,
+    seed: u64,
+}
+
+impl BackendTask for SyntheticSeed {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceSpec) -> Result<()> {
+        let base = synthetic::cached_base::<B>(&self.settings, &self.out, &device)?;
+        let outcome = synthetic::run_seed::<B>(&self.settings, self.seed, &base, &self.out, &device)?;
+        let path = synthetic::seed_outcome_path(&self.out, self.seed, &self.settings.methods);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        mhr_core::io::write_atomic(&path, &serde_json::to_vec(&outcome)?)?;
+        Ok(())
+    }
+}
+
+fn print_report(report: &synthetic::SyntheticReport) {
+    println!("{}", report.markdown);
+    println!(
+        "routing vs ground truth (Spearman ρ): {:?}",
+        report.spearman_routing_vs_truth
+    );
+    let held = report.ordering.iter().filter(|c| c.holds).count();
+    println!(
+        "ordering MHR ≥ Poly > LoRA > LoRA from scratch: {held} of {} claims hold",
+        report.ordering.len()
+    );
+}
+
+/// The synthetic preset with stages 2-3 in `jobs` worker processes (this binary, `--seed-worker`), one per
+/// (seed, adapter family) unit ([`synthetic::work_units`]), each on its share of the threads: stage 1 here,
+/// the units there, the report here from their outcomes.
+fn synthetic_in_processes(
+    settings: SyntheticSettings,
+    out: PathBuf,
+    device: DeviceSpec,
+    jobs: usize,
+) -> Result<()> {
+    with_backend(
+        device,
+        SyntheticBase {
+            settings: settings.clone(),
+            out: out.clone(),
+        },
+    )?;
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let per_job = (threads / jobs).max(1);
+    let units: Vec<(u64, Vec<String>)> = synthetic::work_units(&settings)?
+        .into_iter()
+        .flat_map(|methods| settings.seeds.iter().map(move |&seed| (seed, methods.clone())))
+        .collect();
+    eprintln!(
+        "stages 2-3: {} units (seed × adapter family) in {jobs} processes of {per_job} thread(s)",
+        units.len()
+    );
+    let exe = std::env::current_exe()?;
+    let mut pending = units.iter();
+    let mut running: Vec<(u64, std::process::Child)> = Vec::new();
+    let mut failure: Option<String> = None;
+    loop {
+        while failure.is_none() && running.len() < jobs {
+            let Some((seed, methods)) = pending.next() else {
+                break;
+            };
+            let _ = std::fs::remove_file(synthetic::seed_outcome_path(&out, *seed, methods));
+            let child = std::process::Command::new(&exe)
+                .args([
+                    "reproduce",
+                    "--preset",
+                    "synthetic",
+                    "--device",
+                    &device.to_string(),
+                ])
+                .arg("--out")
+                .arg(&out)
+                .arg("--settings")
+                .arg(out.join("settings.json"))
+                .args([
+                    "--seed-worker",
+                    &seed.to_string(),
+                    "--methods",
+                    &methods.join(","),
+                ])
+                .env("RAYON_NUM_THREADS", per_job.to_string())
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("starting a worker of seed {seed} ({}): {e}", exe.display()))?;
+            running.push((*seed, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        running.retain_mut(|(seed, child)| match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                if !status.success() && failure.is_none() {
+                    failure = Some(format!("a worker of seed {seed} failed ({status})"));
+                }
+                false
+            }
+            Err(e) => {
+                failure.get_or_insert(format!("a worker of seed {seed}: {e}"));
+                false
+            }
+        });
+    }
+    if let Some(failure) = failure {
+        anyhow::bail!(
+            "{failure}; the units that finished are in {}",
+            out.join("seeds").display()
+        );
+    }
+    let outcomes = units
+        .iter()
+        .map(|(seed, methods)| {
+            let path = synthetic::seed_outcome_path(&out, *seed, methods);
+            let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        })
+        .collect::<Result<Vec<synthetic::SeedOutcome>>>()?;
+    print_report(&synthetic::assemble(&settings, &outcomes, &out)?);
+    Ok(())
 }
 
 /// The preset's settings with the fields of `--settings FILE.json` replacing theirs (unknown fields: an error).
@@ -234,6 +380,25 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
             }
             if let Some(methods) = args.methods {
                 settings.methods = expand_all(methods, &synthetic::METHODS);
+            }
+            if let Some(seed) = args.seed_worker {
+                return with_backend(
+                    args.device,
+                    SyntheticSeed {
+                        settings,
+                        out: args.out,
+                        seed,
+                    },
+                );
+            }
+            let on_cpu = matches!(
+                args.device.resolve(),
+                DeviceSpec::Cpu | DeviceSpec::Flex | DeviceSpec::Ndarray
+            );
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let jobs = args.jobs.unwrap_or(if on_cpu { cores } else { 1 }).max(1);
+            if jobs > 1 {
+                return synthetic_in_processes(settings, args.out, args.device, jobs);
             }
             with_backend(
                 args.device,

@@ -7,14 +7,14 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::{ParamGroup, RoutingContext, RoutingMode};
 use mhr_models::T5ForConditionalGeneration;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::batch::{TokenizedExample, TrainBatch};
 use crate::error::TrainError;
 use crate::metrics::cosine;
 
 /// Pairwise cosine similarities of per-task gradients.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GradientAlignment {
     pub tasks: Vec<String>,
     /// `cosine[i][j]` between the gradients of task `i` and task `j`.

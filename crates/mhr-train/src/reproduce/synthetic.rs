@@ -6,6 +6,7 @@
 //! ground-truth task→skill matrix by the Spearman correlation between routing similarity and the number of
 //! shared skills.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::alignment::gradient_alignment;
+use crate::alignment::{GradientAlignment, gradient_alignment};
 use crate::batch::TokenizedExample;
 use crate::data::{Generated, ShuffledEpochs, mix};
 use crate::error::TrainError;
@@ -35,6 +36,10 @@ use crate::schedule::Schedule;
 use crate::trainer::{RunOptions, TrainConfig, train, write_json};
 
 type Model<B> = T5ForConditionalGeneration<B>;
+/// A training-loss curve: (step, loss).
+type Curve = Vec<(usize, f64)>;
+/// A stage-2 model's identity: the method it pre-trains for and its LoRA rank; `None` for from-scratch methods.
+type PretrainingKey = Option<(Method, usize)>;
 
 /// Every setting of the preset; defaults are the prototype's (SYNTHETIC.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -582,28 +587,70 @@ impl RoutingComparison {
 const ALIGNMENT_TASKS: usize = 8;
 const ALIGNMENT_EXAMPLES: usize = 16;
 
-/// Runs the preset on backend `B`, writing everything under `out`.
-pub fn run<B: AutodiffBackend>(
-    settings: &SyntheticSettings,
-    out: &Path,
-    device: &B::Device,
-) -> Result<SyntheticReport, TrainError>
-where
-    Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
-{
-    let plans: Vec<(String, MethodPlan)> = settings
+/// What one seed adds to the report (stages 2 and 3). Seeds are independent given the cached base, so they
+/// can run in separate processes (`cargo xtask reproduce --jobs N`) and be assembled afterwards with the same
+/// numbers as one sequential run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedOutcome {
+    pub seed: u64,
+    pub rows: Vec<ResultRow>,
+    /// Spearman ρ of routing similarity vs shared ground-truth skills, per routed method.
+    pub spearman: BTreeMap<String, f64>,
+    /// Stage-2 loss curves, labelled `<family> (seed <seed>)`.
+    pub curves: Vec<(String, Curve)>,
+    /// Stage-2 gradient alignment, keyed `<family>/seed<seed>`.
+    pub alignment: BTreeMap<String, GradientAlignment>,
+}
+
+/// Where a worker leaves the [`SeedOutcome`] of `seed` and `methods` (one [`work_units`] group) under the
+/// run's folder.
+pub fn seed_outcome_path(out: &Path, seed: u64, methods: &[String]) -> PathBuf {
+    out.join("seeds")
+        .join(format!("seed-{seed}-{}.json", methods.join("+")))
+}
+
+/// The methods of `settings` grouped by the stage-2 model they adapt (`mhr`, `mhr-z` and `mhr-mu` share one;
+/// methods trained from scratch form their own group): each group is an independent unit of stages 2-3 for
+/// one seed, so a run's units can go to separate processes. Routed groups come first, then shared LoRA, then
+/// the from-scratch group (longest first, so that a queue of units ends evenly).
+pub fn work_units(settings: &SyntheticSettings) -> Result<Vec<Vec<String>>, TrainError> {
+    let mut units: Vec<(PretrainingKey, Vec<String>)> = Vec::new();
+    for (name, plan) in plans(settings)? {
+        let key = (!plan.from_scratch).then(|| plan.pretraining_key());
+        match units.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, names)) => names.push(name),
+            None => units.push((key, vec![name])),
+        }
+    }
+    units.sort_by_key(|(key, _)| match key {
+        Some((method, _)) if method.is_routed() => 0,
+        Some(_) => 1,
+        None => 2,
+    });
+    Ok(units.into_iter().map(|(_, names)| names).collect())
+}
+
+fn plans(settings: &SyntheticSettings) -> Result<Vec<(String, MethodPlan)>, TrainError> {
+    settings
         .methods
         .iter()
         .map(|m| plan(m, settings).map(|p| (m.clone(), p)))
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+/// Checks the settings, writes `settings.json` and returns the stage-1 base (trained, or loaded from
+/// `<out>/base/`), after printing its atomic-skill exact match.
+pub fn prepare<B: AutodiffBackend>(
+    settings: &SyntheticSettings,
+    out: &Path,
+    device: &B::Device,
+) -> Result<Model<B>, TrainError>
+where
+    Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
+{
+    plans(settings)?;
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
     write_json(&out.join("settings.json"), settings)?;
-    let suite = SyntheticSuite::new();
-    let n_tasks = suite.tasks().len();
-    let mut rows = Vec::new();
-    let mut spearman_rows = std::collections::BTreeMap::new();
-    let mut curves: Vec<(String, Vec<(usize, f64)>)> = Vec::new();
-    let mut alignment = std::collections::BTreeMap::new();
     let clock = Instant::now();
     let base = base_model::<B>(settings, out, device)?;
     let atomic: Vec<f64> = Skill::ALL
@@ -622,176 +669,273 @@ where
         atomic.iter().cloned().fold(1.0, f64::min),
         clock.elapsed().as_secs_f64()
     );
-    for &seed in &settings.seeds {
-        let clock = Instant::now();
-        let split = suite.split(seed);
+    Ok(base)
+}
 
-        // Stage 2: one multi-task pre-training per family used by the requested methods.
-        let mut keys: Vec<(Method, usize)> = plans
+/// The stage-1 base of a seed worker: the one [`prepare`] cached under `out` (trained anew only if the
+/// cache is missing or stale).
+pub fn cached_base<B: AutodiffBackend>(
+    settings: &SyntheticSettings,
+    out: &Path,
+    device: &B::Device,
+) -> Result<Model<B>, TrainError> {
+    base_model::<B>(settings, out, device)
+}
+
+/// Runs the preset on backend `B`, writing everything under `out`: [`prepare`], [`run_seed`] per seed,
+/// [`assemble`].
+pub fn run<B: AutodiffBackend>(
+    settings: &SyntheticSettings,
+    out: &Path,
+    device: &B::Device,
+) -> Result<SyntheticReport, TrainError>
+where
+    Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
+{
+    let base = prepare::<B>(settings, out, device)?;
+    let outcomes = settings
+        .seeds
+        .iter()
+        .map(|&seed| run_seed::<B>(settings, seed, &base, out, device))
+        .collect::<Result<Vec<_>, _>>()?;
+    assemble(settings, &outcomes, out)
+}
+
+/// Stages 2 and 3 of one seed on the frozen `base`; writes the seed's routing and alignment figures.
+pub fn run_seed<B: AutodiffBackend>(
+    settings: &SyntheticSettings,
+    seed: u64,
+    base: &Model<B>,
+    out: &Path,
+    device: &B::Device,
+) -> Result<SeedOutcome, TrainError>
+where
+    Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
+{
+    let plans = plans(settings)?;
+    let suite = SyntheticSuite::new();
+    let n_tasks = suite.tasks().len();
+    let mut outcome = SeedOutcome {
+        seed,
+        rows: Vec::new(),
+        spearman: BTreeMap::new(),
+        curves: Vec::new(),
+        alignment: BTreeMap::new(),
+    };
+    let clock = Instant::now();
+    let split = suite.split(seed);
+
+    // Stage 2: one multi-task pre-training per family used by the requested methods.
+    let mut keys: Vec<(Method, usize)> = plans
+        .iter()
+        .filter(|(_, p)| !p.from_scratch)
+        .map(|(_, p)| p.pretraining_key())
+        .collect();
+    keys.sort_by_key(|(m, r)| (m.name(), *r));
+    keys.dedup();
+    let mut pretrained: Vec<((Method, usize), Model<B>)> = Vec::new();
+    let train_tasks: Vec<ComposedTask> = split.train.iter().map(|&t| suite.tasks()[t].clone()).collect();
+    for (method, rank) in keys {
+        B::seed(device, mix(seed, 2));
+        let model = attach_pretraining(base.clone(), method, &sizes(settings, rank), &targets(), n_tasks)?;
+        let tasks = &train_tasks;
+        let data = Generated {
+            batch_size: settings.pre_batch,
+            seed: mix(seed, 99),
+            generate: |rng: &mut StdRng| {
+                let task = &tasks[rng.random_range(0..tasks.len())];
+                task_example(task, rng).expect("letters of the alphabet always encode")
+            },
+        };
+        let cfg = stage_config(
+            settings.pre_steps,
+            settings.pre_batch,
+            settings.pre_lr,
+            settings.routing_lr,
+            seed,
+        );
+        let family = if method == Method::Lora {
+            format!("lora-r{rank}")
+        } else {
+            method.name().to_string()
+        };
+        let label = format!("seed {seed} stage 2 {family}");
+        let (model, trained) = train(
+            model,
+            &data,
+            &cfg,
+            &RunOptions {
+                label: &label,
+                ..Default::default()
+            },
+        )?;
+        outcome
+            .curves
+            .push((format!("{family} (seed {seed})"), trained.losses.clone()));
+        let probe: Vec<(String, Vec<TokenizedExample>)> = split
+            .train
             .iter()
-            .filter(|(_, p)| !p.from_scratch)
-            .map(|(_, p)| p.pretraining_key())
-            .collect();
-        keys.sort_by_key(|(m, r)| (m.name(), *r));
-        keys.dedup();
-        let mut pretrained: Vec<((Method, usize), Model<B>)> = Vec::new();
-        let train_tasks: Vec<ComposedTask> = split.train.iter().map(|&t| suite.tasks()[t].clone()).collect();
-        for (method, rank) in keys {
-            B::seed(device, mix(seed, 2));
-            let model =
-                attach_pretraining(base.clone(), method, &sizes(settings, rank), &targets(), n_tasks)?;
-            let tasks = &train_tasks;
-            let data = Generated {
-                batch_size: settings.pre_batch,
-                seed: mix(seed, 99),
-                generate: |rng: &mut StdRng| {
-                    let task = &tasks[rng.random_range(0..tasks.len())];
-                    task_example(task, rng).expect("letters of the alphabet always encode")
-                },
-            };
-            let cfg = stage_config(
-                settings.pre_steps,
-                settings.pre_batch,
-                settings.pre_lr,
-                settings.routing_lr,
-                seed,
+            .take(ALIGNMENT_TASKS)
+            .map(|&t| {
+                let task = &suite.tasks()[t];
+                let examples = task_examples(task, ALIGNMENT_EXAMPLES, mix(seed, 4242 + t as u64))?;
+                Ok((task.name().to_string(), examples))
+            })
+            .collect::<Result<_, TrainError>>()?;
+        let aligned = gradient_alignment(&model, &probe, false)?;
+        plots::write_heatmaps(
+            &out.join(format!("alignment_{family}_seed{seed}.svg")),
+            &[Heatmap {
+                title: &format!("{family}: gradient alignment (cosine)"),
+                row_labels: &aligned.tasks,
+                col_labels: &aligned.tasks,
+                values: &aligned.cosine,
+            }],
+        )?;
+        outcome.alignment.insert(format!("{family}/seed{seed}"), aligned);
+        if method.is_routed() {
+            let routing =
+                RoutingComparison::new(routing_matrix(&model.valid(), n_tasks), &suite, &split.train);
+            let rho = routing.spearman();
+            routing.write_figure(
+                &out.join(format!("routing_{}_seed{seed}.svg", method.name())),
+                method.name(),
+                settings.n_skills,
+                &suite,
+                &split.train,
+            )?;
+            outcome
+                .spearman
+                .insert(method.name().to_string(), rho.unwrap_or(f64::NAN));
+            eprintln!(
+                "seed {seed}: {} routing vs ground truth, Spearman ρ = {:.3}",
+                method.name(),
+                rho.unwrap_or(f64::NAN)
             );
-            let family = if method == Method::Lora {
-                format!("lora-r{rank}")
-            } else {
-                method.name().to_string()
-            };
-            let label = format!("stage 2 {family}");
-            let (model, outcome) = train(
-                model,
-                &data,
-                &cfg,
-                &RunOptions {
-                    label: &label,
-                    ..Default::default()
-                },
-            )?;
-            curves.push((format!("{family} (seed {seed})"), outcome.losses.clone()));
-            let probe: Vec<(String, Vec<TokenizedExample>)> = split
-                .train
-                .iter()
-                .take(ALIGNMENT_TASKS)
-                .map(|&t| {
-                    let task = &suite.tasks()[t];
-                    let examples = task_examples(task, ALIGNMENT_EXAMPLES, mix(seed, 4242 + t as u64))?;
-                    Ok((task.name().to_string(), examples))
-                })
-                .collect::<Result<_, TrainError>>()?;
-            let aligned = gradient_alignment(&model, &probe, false)?;
-            plots::write_heatmaps(
-                &out.join(format!("alignment_{family}_seed{seed}.svg")),
-                &[Heatmap {
-                    title: &format!("{family}: gradient alignment (cosine)"),
-                    row_labels: &aligned.tasks,
-                    col_labels: &aligned.tasks,
-                    values: &aligned.cosine,
-                }],
-            )?;
-            alignment.insert(format!("{family}/seed{seed}"), aligned);
-            if method.is_routed() {
-                let routing =
-                    RoutingComparison::new(routing_matrix(&model.valid(), n_tasks), &suite, &split.train);
-                let rho = routing.spearman();
-                routing.write_figure(
-                    &out.join(format!("routing_{}_seed{seed}.svg", method.name())),
-                    method.name(),
-                    settings.n_skills,
-                    &suite,
-                    &split.train,
-                )?;
-                spearman_rows.insert(format!("{}/seed{seed}", method.name()), rho.unwrap_or(f64::NAN));
-                eprintln!(
-                    "seed {seed}: {} routing vs ground truth, Spearman ρ = {:.3}",
-                    method.name(),
-                    rho.unwrap_or(f64::NAN)
-                );
-            }
-            pretrained.push(((method, rank), model));
         }
+        pretrained.push(((method, rank), model));
+    }
 
-        // Stage 3: few-shot adaptation of every method to every held-out task.
-        for &k in &settings.ks {
-            for (name, p) in &plans {
-                let mut scores = Vec::new();
-                for &t in &split.held_out {
-                    let task = &suite.tasks()[t];
-                    let train_set = task_examples(task, k, 5000 + 31 * t as u64 + k as u64 + 7 * seed)?;
-                    let model = if p.from_scratch {
-                        B::seed(device, mix(seed, 3 + t as u64));
-                        attach_pretraining(
-                            base.clone(),
-                            p.method,
-                            &sizes(settings, p.lora_rank),
-                            &targets(),
-                            n_tasks,
-                        )?
-                    } else {
-                        let key = p.pretraining_key();
-                        pretrained
-                            .iter()
-                            .find(|(k, _)| *k == key)
-                            .map(|(_, m)| m.clone())
-                            .ok_or_else(|| TrainError::Config(format!("no pre-trained model for {name}")))?
-                    };
-                    let model = prepare_adaptation(model, p.method, &sizes(settings, p.lora_rank))?;
-                    let lr = if p.from_scratch {
-                        settings.pre_lr
-                    } else {
-                        settings.ft_lr
-                    };
-                    let batch = k.min(32);
-                    let cfg = stage_config(
-                        settings.ft_steps,
-                        batch,
-                        lr,
-                        settings.routing_lr,
-                        mix(seed, t as u64),
-                    );
-                    let sampler = ShuffledEpochs::new(&train_set, batch, 1, mix(seed, 17 + t as u64));
-                    let (model, _) = train(
-                        model,
-                        &sampler,
-                        &cfg,
-                        &RunOptions {
-                            label: "",
-                            ..Default::default()
-                        },
-                    )?;
-                    let test = task_examples(task, settings.n_test, 9000 + t as u64)?;
-                    let em = fraction(&exact_match_teacher_forced(&model.valid(), &test, 100)?);
-                    scores.push(em);
-                    rows.push(ResultRow {
-                        method: name.clone(),
-                        task: task.name().to_string(),
-                        k,
-                        seed,
-                        metric: "exact_match".into(),
-                        value: em,
-                    });
-                }
-                eprintln!(
-                    "seed {seed} k={k} {name:>12}: mean exact match {:.3} ({:.0}s)",
-                    scores.iter().sum::<f64>() / scores.len().max(1) as f64,
-                    clock.elapsed().as_secs_f64()
+    // Stage 3: few-shot adaptation of every method to every held-out task.
+    for &k in &settings.ks {
+        for (name, p) in &plans {
+            let mut scores = Vec::new();
+            for &t in &split.held_out {
+                let task = &suite.tasks()[t];
+                let train_set = task_examples(task, k, 5000 + 31 * t as u64 + k as u64 + 7 * seed)?;
+                let model = if p.from_scratch {
+                    B::seed(device, mix(seed, 3 + t as u64));
+                    attach_pretraining(
+                        base.clone(),
+                        p.method,
+                        &sizes(settings, p.lora_rank),
+                        &targets(),
+                        n_tasks,
+                    )?
+                } else {
+                    let key = p.pretraining_key();
+                    pretrained
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, m)| m.clone())
+                        .ok_or_else(|| TrainError::Config(format!("no pre-trained model for {name}")))?
+                };
+                let model = prepare_adaptation(model, p.method, &sizes(settings, p.lora_rank))?;
+                let lr = if p.from_scratch {
+                    settings.pre_lr
+                } else {
+                    settings.ft_lr
+                };
+                let batch = k.min(32);
+                let cfg = stage_config(
+                    settings.ft_steps,
+                    batch,
+                    lr,
+                    settings.routing_lr,
+                    mix(seed, t as u64),
                 );
+                let sampler = ShuffledEpochs::new(&train_set, batch, 1, mix(seed, 17 + t as u64));
+                let (model, _) = train(
+                    model,
+                    &sampler,
+                    &cfg,
+                    &RunOptions {
+                        label: "",
+                        ..Default::default()
+                    },
+                )?;
+                let test = task_examples(task, settings.n_test, 9000 + t as u64)?;
+                let em = fraction(&exact_match_teacher_forced(&model.valid(), &test, 100)?);
+                scores.push(em);
+                outcome.rows.push(ResultRow {
+                    method: name.clone(),
+                    task: task.name().to_string(),
+                    k,
+                    seed,
+                    metric: "exact_match".into(),
+                    value: em,
+                });
             }
+            eprintln!(
+                "seed {seed} k={k} {name:>12}: mean exact match {:.3} ({:.0}s)",
+                scores.iter().sum::<f64>() / scores.len().max(1) as f64,
+                clock.elapsed().as_secs_f64()
+            );
         }
     }
+    Ok(outcome)
+}
+
+/// Writes the run's reports from its outcomes (one or more per seed, see [`work_units`]), in one sequential
+/// run's order whichever process produced them: `results.{json,md}`
+/// with the ordering checks, `routing.json`, learning curves and gradient alignment.
+pub fn assemble(
+    settings: &SyntheticSettings,
+    outcomes: &[SeedOutcome],
+    out: &Path,
+) -> Result<SyntheticReport, TrainError> {
+    let position = |list: &[String], item: &str| list.iter().position(|x| x == item).unwrap_or(usize::MAX);
+    let mut ordered: Vec<&SeedOutcome> = Vec::new();
+    for seed in &settings.seeds {
+        let of_seed: Vec<&SeedOutcome> = outcomes.iter().filter(|o| o.seed == *seed).collect();
+        if of_seed.is_empty() {
+            return Err(TrainError::Config(format!("no outcome for seed {seed}")));
+        }
+        ordered.extend(of_seed);
+    }
+    let seed_position = |seed: u64| {
+        settings
+            .seeds
+            .iter()
+            .position(|s| *s == seed)
+            .unwrap_or(usize::MAX)
+    };
+    // One sequential run's order, whichever unit produced a row: seed, k, method (settings order), task.
+    let mut rows: Vec<ResultRow> = ordered.iter().flat_map(|o| o.rows.iter().cloned()).collect();
+    rows.sort_by_key(|r| {
+        (
+            seed_position(r.seed),
+            settings.ks.iter().position(|k| *k == r.k).unwrap_or(usize::MAX),
+            position(&settings.methods, &r.method),
+        )
+    });
     let results = Results {
         preset: "synthetic".into(),
         rows,
     };
-    let mut spearman_by_method = std::collections::BTreeMap::new();
+    let per_seed: BTreeMap<String, f64> = ordered
+        .iter()
+        .flat_map(|o| {
+            o.spearman
+                .iter()
+                .map(move |(method, rho)| (format!("{method}/seed{}", o.seed), *rho))
+        })
+        .collect();
+    let mut spearman_by_method = BTreeMap::new();
     for name in ["poly", "mhr"] {
-        let values: Vec<f64> = spearman_rows
+        let values: Vec<f64> = ordered
             .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{name}/")))
-            .map(|(_, v)| *v)
+            .filter_map(|o| o.spearman.get(name).copied())
             .collect();
         if !values.is_empty() {
             spearman_by_method.insert(name.to_string(), values.iter().sum::<f64>() / values.len() as f64);
@@ -799,8 +943,18 @@ where
     }
     write_json(
         &out.join("routing.json"),
-        &serde_json::json!({"spearman_routing_vs_truth": spearman_by_method, "per_seed": spearman_rows}),
+        &serde_json::json!({"spearman_routing_vs_truth": spearman_by_method, "per_seed": per_seed}),
     )?;
+    let mut curves: Vec<(u64, String, Curve)> = ordered
+        .iter()
+        .flat_map(|o| {
+            o.curves
+                .iter()
+                .map(|(label, c)| (o.seed, label.clone(), c.clone()))
+        })
+        .collect();
+    curves.sort_by(|a, b| (seed_position(a.0), &a.1).cmp(&(seed_position(b.0), &b.1)));
+    let curves: Vec<(String, Curve)> = curves.into_iter().map(|(_, l, c)| (l, c)).collect();
     write_json(&out.join("learning_curves.json"), &curves)?;
     plots::write_line_chart(
         &out.join("learning_curves.svg"),
@@ -808,6 +962,8 @@ where
         "training loss",
         &curves,
     )?;
+    let alignment: BTreeMap<&String, &GradientAlignment> =
+        ordered.iter().flat_map(|o| o.alignment.iter()).collect();
     write_json(&out.join("alignment.json"), &alignment)?;
     let ordering = ordering_checks(&results);
     let note = format!(
