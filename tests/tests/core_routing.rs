@@ -465,3 +465,46 @@ fn frozen_base_and_trainable_sets() {
     let full = Method::FullFinetune.trainable(Stage::Adapt).apply(z_only);
     assert_eq!(flags(&full), (true, false, false));
 }
+
+/// `keeping_mixed_adapters` (what `generate` uses): deterministic deltas equal the unkept ones, the mixing
+/// runs once per site and batch size (a router changed afterwards is not seen: the contract is frozen
+/// parameters), and sampled routing never keeps.
+#[test]
+fn kept_mixed_adapters_are_mixed_once_and_only_under_deterministic_routing() {
+    let (site, ids) = routed("mhr", Q);
+    let x = Tensor::<B, 3>::random([ids.dims()[0], 3, 64], burn::tensor::Distribution::Default, &DEV);
+    let plain = RoutingContext::new(ids.clone(), RoutingMode::Deterministic);
+    let kept = plain.clone().keeping_mixed_adapters();
+    let expected = f32s(site.delta(x.clone(), &plain));
+    assert_eq!(f32s(site.delta(x.clone(), &kept)), expected);
+    let mut rerouted = site.clone();
+    let router = site.router.own().unwrap();
+    rerouted.router = mhr_core::SiteRouter::Own(PolyRouter::from_logits(
+        router.module_logits.val().neg(),
+        router.n_heads,
+        router.n_skills,
+        router.config.clone(),
+    ));
+    let moved = f32s(rerouted.delta(x.clone(), &plain));
+    assert!(
+        moved.iter().zip(&expected).any(|(a, b)| (a - b).abs() > 1e-4),
+        "another routing moves the delta"
+    );
+    assert_eq!(
+        f32s(rerouted.delta(x.clone(), &kept)),
+        expected,
+        "kept from the first call"
+    );
+    // A different batch size is mixed anew; an expanded context keeps nothing.
+    let twice = Tensor::cat(vec![x.clone(), x.clone()], 0);
+    assert_ne!(
+        f32s(rerouted.delta(twice.clone(), &kept))[..expected.len()],
+        expected[..]
+    );
+    let sampled = RoutingContext::new(ids, RoutingMode::Sampled).keeping_mixed_adapters();
+    assert_ne!(
+        f32s(site.delta(x.clone(), &sampled)),
+        f32s(site.delta(x, &sampled)),
+        "relaxed-Bernoulli samples are drawn at every call"
+    );
+}

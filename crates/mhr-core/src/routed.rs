@@ -91,8 +91,11 @@ impl<B: Backend> RoutedLora<B> {
     /// The scale is applied to the rank-`r` intermediate (`r` columns instead of `d_out`); for the usual
     /// power-of-two scales (`1/r`) this is exact.
     pub fn delta(&self, x: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
-        let ids = ctx.ids_for_batch(x.dims()[0]);
-        let (a, b) = self.mix(ctx.router(&self.router).mixing_weights(ids, ctx.mode()));
+        let batch = x.dims()[0];
+        let (a, b) = ctx.mixed_adapters(self.poly_lora_a.id, batch, || {
+            let ids = ctx.ids_for_batch(batch);
+            self.mix(ctx.router(&self.router).mixing_weights(ids, ctx.mode()))
+        });
         let u = x.matmul(a);
         let u = if self.scale == 1.0 { u } else { u * self.scale };
         u.matmul(b)

@@ -1,3 +1,7 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use burn::module::ParamId;
 use burn::prelude::*;
 
 use crate::router::PolyRouter;
@@ -25,7 +29,11 @@ pub struct RoutingContext<B: Backend> {
     task_ids: Option<Tensor<B, 1, Int>>,
     mode: RoutingMode,
     shared: SharedRouters<B>,
+    mixed: Option<MixedAdapters<B>>,
 }
+
+/// Per-example mixed adapters `(A_t, B_t)` by site (its `A` parameter) and batch size.
+type MixedAdapters<B> = Arc<Mutex<HashMap<(ParamId, usize), (Tensor<B, 3>, Tensor<B, 3>)>>>;
 
 impl<B: Backend> RoutingContext<B> {
     pub fn new(task_ids: Tensor<B, 1, Int>, mode: RoutingMode) -> Self {
@@ -33,6 +41,7 @@ impl<B: Backend> RoutingContext<B> {
             task_ids: Some(task_ids),
             mode,
             shared: SharedRouters::default(),
+            mixed: None,
         }
     }
 
@@ -42,6 +51,7 @@ impl<B: Backend> RoutingContext<B> {
             task_ids: None,
             mode: RoutingMode::Deterministic,
             shared: SharedRouters::default(),
+            mixed: None,
         }
     }
 
@@ -59,21 +69,54 @@ impl<B: Backend> RoutingContext<B> {
     }
 
     /// Repeats every task id `k` times in place (`repeat_interleave`), for batches expanded per example.
+    /// The new task ids start without kept mixed adapters.
     pub fn expand(&self, k: usize) -> Self {
         Self {
             task_ids: self.task_ids.clone().map(|ids| repeat_interleave(ids, k)),
             mode: self.mode,
             shared: self.shared.clone(),
+            mixed: None,
         }
     }
 
-    /// Keeps the rows of `indices` (beam reordering, finished rows dropped).
+    /// Keeps the rows of `indices` (beam reordering, finished rows dropped). The new task ids start without
+    /// kept mixed adapters.
     pub fn select(&self, indices: Tensor<B, 1, Int>) -> Self {
         Self {
             task_ids: self.task_ids.clone().map(|ids| ids.select(0, indices)),
             mode: self.mode,
             shared: self.shared.clone(),
+            mixed: None,
         }
+    }
+
+    /// Keeps each routed site's per-example mixed adapters after their first use (and in clones of this
+    /// context), under deterministic routing: they depend only on the task ids and the parameters, so the
+    /// steps of one generation call, which repeat both, mix the skills once instead of once per step. Only
+    /// for frozen parameters and one set of task ids (it is what `generate` does); sampled routing never
+    /// keeps them.
+    pub fn keeping_mixed_adapters(mut self) -> Self {
+        self.mixed = Some(MixedAdapters::default());
+        self
+    }
+
+    /// Site `site`'s mixed adapters for a batch of `batch` rows: kept ones when the context keeps them (see
+    /// [`Self::keeping_mixed_adapters`]), else `mix()`'s.
+    pub(crate) fn mixed_adapters(
+        &self,
+        site: ParamId,
+        batch: usize,
+        mix: impl FnOnce() -> (Tensor<B, 3>, Tensor<B, 3>),
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let Some(kept) = self
+            .mixed
+            .as_ref()
+            .filter(|_| self.mode == RoutingMode::Deterministic)
+        else {
+            return mix();
+        };
+        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.entry((site, batch)).or_insert_with(mix).clone()
     }
 
     /// The context with the model's shared routers (clones share the parameters' tensors, so gradients

@@ -259,7 +259,8 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         Decoding {
             model: self,
             encoder,
-            ctx,
+            // Every step repeats the task ids: the routed sites mix their skills once per call.
+            ctx: ctx.keeping_mixed_adapters(),
             cache: use_cache.then(DecoderCache::new),
         }
     }
