@@ -104,6 +104,7 @@ fn synthetic_preset_runs_and_scores_routing() {
         methods: ["lora-scratch", "lora", "poly-z", "mhr", "mhr-mu"]
             .map(String::from)
             .to_vec(),
+        seeds: vec![0],
         ks: vec![16],
         base_steps: 20,
         pre_steps: 5,
