@@ -210,7 +210,8 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn threads() -> usize {
+/// The threads this process may use: `RAYON_NUM_THREADS`, else one per core.
+pub(crate) fn threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())

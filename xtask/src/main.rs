@@ -191,12 +191,7 @@ fn synthetic_in_processes(
             out: out.clone(),
         },
     )?;
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let per_job = (threads / jobs).max(1);
+    let per_job = (bench::threads() / jobs).max(1);
     let units: Vec<(u64, Vec<String>)> = synthetic::work_units(&settings)?
         .into_iter()
         .flat_map(|methods| settings.seeds.iter().map(move |&seed| (seed, methods.clone())))
@@ -307,6 +302,16 @@ fn expand_all(methods: Vec<String>, table: &[&str]) -> Vec<String> {
     }
 }
 
+/// `--seeds` and `--methods` (`all`: every method of the preset's `table`) over a preset's settings.
+fn override_runs(args: &ReproduceArgs, seeds: &mut Vec<u64>, methods: &mut Vec<String>, table: &[&str]) {
+    if let Some(given) = &args.seeds {
+        *seeds = given.clone();
+    }
+    if let Some(given) = &args.methods {
+        *methods = expand_all(given.clone(), table);
+    }
+}
+
 /// paper-t0's settings: the model (and its tokenizer) through the Hub, the mixture from --p3.
 fn paper_t0(args: &ReproduceArgs) -> Result<T0Settings> {
     let p3 = args.p3.clone().ok_or_else(|| {
@@ -323,92 +328,80 @@ fn paper_t0(args: &ReproduceArgs) -> Result<T0Settings> {
         )
     })?;
     let mut settings = overlay(T0Settings::paper_t0(model, tokenizer, p3), args.settings.as_ref())?;
-    if let Some(seeds) = &args.seeds {
-        settings.seeds = seeds.clone();
-    }
-    if let Some(methods) = &args.methods {
-        settings.methods = expand_all(methods.clone(), &t0::METHODS);
-    }
+    override_runs(args, &mut settings.seeds, &mut settings.methods, &t0::METHODS);
     Ok(settings)
 }
 
 fn reproduce(args: ReproduceArgs) -> Result<()> {
     ensure_compiled(args.device)?;
-    if args.preset == Preset::PaperT0 {
-        let settings = paper_t0(&args)?;
-        return with_backend(
-            args.device,
-            PaperT0 {
-                settings,
-                out: args.out,
-            },
-        );
-    }
     let sni_preset = match args.preset {
-        Preset::Synthetic | Preset::PaperT0 => None,
-        Preset::Smoke => Some(SniSettings::smoke()),
+        Preset::Synthetic => return reproduce_synthetic(args),
+        Preset::PaperT0 => {
+            let settings = paper_t0(&args)?;
+            return with_backend(
+                args.device,
+                PaperT0 {
+                    settings,
+                    out: args.out,
+                },
+            );
+        }
+        Preset::Smoke => SniSettings::smoke(),
         Preset::SniSmall => {
             let (model, tokenizer) = preset_model(&args, "google/t5-small-lm-adapt")?;
-            Some(SniSettings::sni_small(model, tokenizer))
+            SniSettings::sni_small(model, tokenizer)
         }
         Preset::PaperSni => {
             let (model, tokenizer) = preset_model(&args, "google/t5-xl-lm-adapt")?;
-            Some(SniSettings::paper_sni(model, tokenizer))
+            SniSettings::paper_sni(model, tokenizer)
         }
     };
-    match sni_preset {
-        Some(preset) => {
-            let mut settings = overlay(preset, args.settings.as_ref())?;
-            if let Some(seeds) = args.seeds {
-                settings.seeds = seeds;
-            }
-            if let Some(methods) = args.methods {
-                settings.methods = expand_all(methods, &sni::METHODS);
-            }
-            with_backend(
-                args.device,
-                Sni {
-                    settings,
-                    out: args.out,
-                },
-            )
-        }
-        None => {
-            let mut settings = overlay(SyntheticSettings::default(), args.settings.as_ref())?;
-            if let Some(seeds) = args.seeds {
-                settings.seeds = seeds;
-            }
-            if let Some(methods) = args.methods {
-                settings.methods = expand_all(methods, &synthetic::METHODS);
-            }
-            if let Some(seed) = args.seed_worker {
-                return with_backend(
-                    args.device,
-                    SyntheticSeed {
-                        settings,
-                        out: args.out,
-                        seed,
-                    },
-                );
-            }
-            let on_cpu = matches!(
-                args.device.resolve(),
-                DeviceSpec::Cpu | DeviceSpec::Flex | DeviceSpec::Ndarray
-            );
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let jobs = args.jobs.unwrap_or(if on_cpu { cores } else { 1 }).max(1);
-            if jobs > 1 {
-                return synthetic_in_processes(settings, args.out, args.device, jobs);
-            }
-            with_backend(
-                args.device,
-                Synthetic {
-                    settings,
-                    out: args.out,
-                },
-            )
-        }
+    let mut settings = overlay(sni_preset, args.settings.as_ref())?;
+    override_runs(&args, &mut settings.seeds, &mut settings.methods, &sni::METHODS);
+    with_backend(
+        args.device,
+        Sni {
+            settings,
+            out: args.out,
+        },
+    )
+}
+
+/// The synthetic preset: in this process, in `--jobs` worker processes, or as one of those workers.
+fn reproduce_synthetic(args: ReproduceArgs) -> Result<()> {
+    let mut settings = overlay(SyntheticSettings::default(), args.settings.as_ref())?;
+    override_runs(
+        &args,
+        &mut settings.seeds,
+        &mut settings.methods,
+        &synthetic::METHODS,
+    );
+    if let Some(seed) = args.seed_worker {
+        return with_backend(
+            args.device,
+            SyntheticSeed {
+                settings,
+                out: args.out,
+                seed,
+            },
+        );
     }
+    let on_cpu = matches!(
+        args.device.resolve(),
+        DeviceSpec::Cpu | DeviceSpec::Flex | DeviceSpec::Ndarray
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = args.jobs.unwrap_or(if on_cpu { cores } else { 1 }).max(1);
+    if jobs > 1 {
+        return synthetic_in_processes(settings, args.out, args.device, jobs);
+    }
+    with_backend(
+        args.device,
+        Synthetic {
+            settings,
+            out: args.out,
+        },
+    )
 }
 
 fn main() -> ExitCode {

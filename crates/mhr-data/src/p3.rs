@@ -88,6 +88,14 @@ pub struct P3Dir {
     subsets: Vec<P3Subset>,
 }
 
+/// One task's share of the sample, gathered over its subsets.
+#[derive(Default)]
+struct SampledTask {
+    train: Vec<Example>,
+    validation: Vec<Example>,
+    templates: Vec<String>,
+}
+
 #[derive(Deserialize)]
 struct P3Row {
     inputs_pretokenized: String,
@@ -168,8 +176,7 @@ impl P3Dir {
         for s in &self.subsets {
             *templates_per_dataset.entry(&s.dataset).or_default() += 1;
         }
-        let mut train: BTreeMap<String, (Vec<Example>, Vec<String>)> = BTreeMap::new();
-        let mut validation: BTreeMap<String, Vec<Example>> = BTreeMap::new();
+        let mut tasks: BTreeMap<String, SampledTask> = BTreeMap::new();
         for (i, subset) in self.subsets.iter().enumerate() {
             let cap = (options.cap_per_dataset / templates_per_dataset[subset.dataset.as_str()]).max(1);
             let keep = cap + options.validation_per_subset;
@@ -196,13 +203,10 @@ impl P3Dir {
                 targets: vec![row.targets_pretokenized],
                 answer: None,
             };
-            let entry = train.entry(name.clone()).or_default();
-            entry.0.extend(sample.into_iter().map(to_example));
-            entry.1.push(subset.template.clone());
-            validation
-                .entry(name)
-                .or_default()
-                .extend(held.into_iter().map(to_example));
+            let sampled = tasks.entry(name).or_default();
+            sampled.train.extend(sample.into_iter().map(to_example));
+            sampled.validation.extend(held.into_iter().map(to_example));
+            sampled.templates.push(subset.template.clone());
         }
         let task = |name: &str, examples: Vec<Example>, templates: Vec<String>| Task {
             name: name.to_string(),
@@ -215,20 +219,15 @@ impl P3Dir {
             },
             examples,
         };
-        let validation = train
-            .iter()
-            .map(|(name, (_, templates))| {
-                task(
-                    name,
-                    validation.remove(name).unwrap_or_default(),
-                    templates.clone(),
+        let (train, validation) = tasks
+            .into_iter()
+            .map(|(name, sampled)| {
+                (
+                    task(&name, sampled.train, sampled.templates.clone()),
+                    task(&name, sampled.validation, sampled.templates),
                 )
             })
-            .collect();
-        let train = train
-            .into_iter()
-            .map(|(name, (examples, templates))| task(&name, examples, templates))
-            .collect();
+            .unzip();
         Ok(P3Mixture { train, validation })
     }
 }

@@ -4,7 +4,8 @@
 use burn::prelude::*;
 use mhr_core::{RoutingContext, RoutingMode};
 use mhr_data::{
-    EncodedExample, Encoder, Example, SniDir, SniOptions, SniPromptFormat, Task, TaskList, TextTokenizer,
+    EncodedExample, Encoder, Example, SniDir, SniOptions, SniPromptFormat, Task, TaskIndex, TaskList,
+    TextTokenizer,
 };
 use mhr_models::{GenerationConfig, T5ForConditionalGeneration};
 
@@ -73,6 +74,21 @@ pub fn encode_all(
                 .map_err(data_error)
         })
         .collect()
+}
+
+/// Tokenises every example of `tasks` for its task's routing row in `index` (row 0 for a task the index does
+/// not name): the training set of a multi-task run.
+pub fn encode_tasks(
+    encoder: &Encoder,
+    tasks: &[Task],
+    index: &TaskIndex,
+) -> Result<Vec<TokenizedExample>, TrainError> {
+    let mut encoded = Vec::new();
+    for task in tasks {
+        let id = index.id(&task.name).unwrap_or_default();
+        encoded.extend(encode_all(encoder, &task.examples, id)?);
+    }
+    Ok(encoded)
 }
 
 /// Mean scores of generations against every reference of each example.

@@ -13,7 +13,7 @@ use mhr_data::{SniDir, T0Dataset, TaskIndex, TaskList};
 use mhr_train::batch::TokenizedExample;
 use mhr_train::data::ShuffledEpochs;
 use mhr_train::objective::Objective;
-use mhr_train::sni::{encode_all, load_tasks};
+use mhr_train::sni::{encode_tasks, load_tasks};
 
 use crate::commands::common::{catch_panics, model_files};
 use crate::commands::run_dir::{
@@ -275,11 +275,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let mut examples = Vec::new();
-    for task in &train_tasks {
-        let id = index.id(&task.name).unwrap_or_default();
-        examples.extend(encode_all(&encoder, &task.examples, id)?);
-    }
+    let examples = encode_tasks(&encoder, &train_tasks, &index)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
     if !args.resume {
         write_toml(&config_path, &settings)?;

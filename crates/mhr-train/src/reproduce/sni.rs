@@ -28,7 +28,7 @@ use crate::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
 use crate::optim::OptimConfig;
 use crate::reproduce::report::{ResultRow, Results, write_results};
 use crate::schedule::Schedule;
-use crate::sni::{check_tokenizer_fits, data_error, encode_all, score_generations};
+use crate::sni::{check_tokenizer_fits, data_error, encode_all, encode_tasks, score_generations};
 use crate::trainer::{RunOptions, TrainConfig, train, write_json};
 
 type Model<B> = T5ForConditionalGeneration<B>;
@@ -294,11 +294,7 @@ where
         },
     )
     .map_err(data_error)?;
-    let mut train_set = Vec::new();
-    for task in &train_tasks {
-        let id = index.id(&task.name).unwrap_or_default();
-        train_set.extend(encode_all(&encoder, &task.examples, id)?);
-    }
+    let train_set = encode_tasks(&encoder, &train_tasks, &index)?;
     let mut rows = Vec::new();
     for &seed in &settings.seeds {
         for &method in &methods {

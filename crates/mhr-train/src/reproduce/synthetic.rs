@@ -314,8 +314,9 @@ fn record_bytes<B: Backend, M: Module<B>>(model: &M) -> Result<Vec<u8>, TrainErr
     .map_err(|e| TrainError::Checkpoint(e.to_string()))
 }
 
-/// Stage 1, or its cached result: `base/` holds `config.json`, `settings.json` and `model.mpk`.
-fn base_model<B: AutodiffBackend>(
+/// Stage 1, or its cached result under `cache` (what a seed worker loads after [`prepare`] trained it):
+/// `base/` holds `config.json`, `settings.json` and `model.mpk`; trained anew when missing or stale.
+pub fn cached_base<B: AutodiffBackend>(
     settings: &SyntheticSettings,
     cache: &Path,
     device: &B::Device,
@@ -654,7 +655,7 @@ where
     std::fs::create_dir_all(out).map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
     write_json(&out.join("settings.json"), settings)?;
     let clock = Instant::now();
-    let base = base_model::<B>(settings, out, device)?;
+    let base = cached_base::<B>(settings, out, device)?;
     let atomic: Vec<f64> = Skill::ALL
         .iter()
         .map(|&skill| {
@@ -672,16 +673,6 @@ where
         clock.elapsed().as_secs_f64()
     );
     Ok(base)
-}
-
-/// The stage-1 base of a seed worker: the one [`prepare`] cached under `out` (trained anew only if the
-/// cache is missing or stale).
-pub fn cached_base<B: AutodiffBackend>(
-    settings: &SyntheticSettings,
-    out: &Path,
-    device: &B::Device,
-) -> Result<Model<B>, TrainError> {
-    base_model::<B>(settings, out, device)
 }
 
 /// Runs the preset on backend `B`, writing everything under `out`: [`prepare`], [`run_seed`] per seed,
@@ -896,7 +887,6 @@ pub fn assemble(
     outcomes: &[SeedOutcome],
     out: &Path,
 ) -> Result<SyntheticReport, TrainError> {
-    let position = |list: &[String], item: &str| list.iter().position(|x| x == item).unwrap_or(usize::MAX);
     let mut ordered: Vec<&SeedOutcome> = Vec::new();
     for seed in &settings.seeds {
         let of_seed: Vec<&SeedOutcome> = outcomes.iter().filter(|o| o.seed == *seed).collect();
@@ -905,19 +895,12 @@ pub fn assemble(
         }
         ordered.extend(of_seed);
     }
-    let seed_position = |seed: u64| {
-        settings
-            .seeds
-            .iter()
-            .position(|s| *s == seed)
-            .unwrap_or(usize::MAX)
-    };
     // One sequential run's order, whichever unit produced a row: seed, k, method (settings order), task.
     let mut rows: Vec<ResultRow> = ordered.iter().flat_map(|o| o.rows.iter().cloned()).collect();
     rows.sort_by_key(|r| {
         (
-            seed_position(r.seed),
-            settings.ks.iter().position(|k| *k == r.k).unwrap_or(usize::MAX),
+            position(&settings.seeds, &r.seed),
+            position(&settings.ks, &r.k),
             position(&settings.methods, &r.method),
         )
     });
@@ -955,7 +938,9 @@ pub fn assemble(
                 .map(|(label, c)| (o.seed, label.clone(), c.clone()))
         })
         .collect();
-    curves.sort_by(|a, b| (seed_position(a.0), &a.1).cmp(&(seed_position(b.0), &b.1)));
+    curves.sort_by(|a, b| {
+        (position(&settings.seeds, &a.0), &a.1).cmp(&(position(&settings.seeds, &b.0), &b.1))
+    });
     let curves: Vec<(String, Curve)> = curves.into_iter().map(|(_, l, c)| (l, c)).collect();
     write_json(&out.join("learning_curves.json"), &curves)?;
     plots::write_line_chart(
@@ -980,6 +965,11 @@ pub fn assemble(
         ordering,
         markdown,
     })
+}
+
+/// Where `item` stands in `list` (the settings' order of seeds, ks, methods); after everything if absent.
+fn position<T: PartialEq>(list: &[T], item: &T) -> usize {
+    list.iter().position(|x| x == item).unwrap_or(usize::MAX)
 }
 
 /// The default output folder of `cargo xtask reproduce`.

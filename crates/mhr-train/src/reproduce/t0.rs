@@ -29,7 +29,7 @@ use crate::objective::Objective;
 use crate::optim::{OptimConfig, OptimizerKind};
 use crate::reproduce::report::{ResultRow, Results, write_results};
 use crate::schedule::Schedule;
-use crate::sni::{check_tokenizer_fits, data_error, encode_all};
+use crate::sni::{check_tokenizer_fits, data_error, encode_tasks};
 use crate::t0::encode_choices;
 use crate::trainer::{RunOptions, TrainConfig, train, write_json};
 
@@ -283,16 +283,8 @@ where
             .chain(datasets.iter().map(|d| d.name().to_string())),
     )
     .map_err(data_error)?;
-    let encode_tasks = |tasks: &[mhr_data::Task]| -> Result<Vec<_>, TrainError> {
-        let mut encoded = Vec::new();
-        for task in tasks {
-            let id = index.id(&task.name).unwrap_or_default();
-            encoded.extend(encode_all(&encoder, &task.examples, id)?);
-        }
-        Ok(encoded)
-    };
-    let train_set = encode_tasks(&mixture.train)?;
-    let validation_set = encode_tasks(&mixture.validation)?;
+    let train_set = encode_tasks(&encoder, &mixture.train, &index)?;
+    let validation_set = encode_tasks(&encoder, &mixture.validation, &index)?;
     drop(mixture);
     eprintln!(
         "{}: {} training and {} validation examples over {} mixture tasks; held-out: {}",
