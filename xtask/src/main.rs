@@ -70,14 +70,14 @@ struct ReproduceArgs {
     /// (scripts/export_p3.py writes one from the Hub's bigscience/P3).
     #[arg(long, value_name = "DIR")]
     p3: Option<PathBuf>,
-    /// synthetic: stages 2-3 run in this many processes at once, one per (seed, adapter family), the cores shared
-    /// among them (default: one per core on CPU devices, 1 on GPUs). Numbers are those of a sequential run.
+    /// synthetic: stages 2-3 run in this many processes at once, one per adapter family (from-scratch methods:
+    /// one per seed), the cores shared among them (default: one per core on CPU devices, 1 on GPUs). Numbers are those of a sequential run.
     #[arg(long)]
     jobs: Option<usize>,
-    /// Internal: run stages 2-3 of one seed's `--methods` on the cached base and write their outcome (the
-    /// workers of `--jobs`).
+    /// Internal: run stages 2-3 of `--methods` under `--seeds` (one unit) on the cached base and write their
+    /// outcome (the workers of `--jobs`).
     #[arg(long, hide = true)]
-    seed_worker: Option<u64>,
+    unit_worker: bool,
 }
 
 struct Sni {
@@ -126,7 +126,7 @@ impl BackendTask for Synthetic {
     }
 }
 
-/// Stage 1 of a `--jobs` run: the base its seed workers load.
+/// Stage 1 of a `--jobs` run: the base its workers load.
 struct SyntheticBase {
     settings: SyntheticSettings,
     out: PathBuf,
@@ -141,19 +141,18 @@ impl BackendTask for SyntheticBase {
     }
 }
 
-/// One seed worker of a `--jobs` run.
-struct SyntheticSeed {
+/// One worker of a `--jobs` run.
+struct SyntheticUnit {
     settings: SyntheticSettings,
     out: PathBuf,
-    seed: u64,
 }
 
-impl BackendTask for SyntheticSeed {
+impl BackendTask for SyntheticUnit {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceSpec) -> Result<()> {
         let base = synthetic::cached_base::<B>(&self.settings, &self.out, &device)?;
-        let outcome = synthetic::run_seed::<B>(&self.settings, self.seed, &base, &self.out, &device)?;
-        let path = synthetic::seed_outcome_path(&self.out, self.seed, &self.settings.methods);
+        let outcome = synthetic::run_unit::<B>(&self.settings, &base, &self.out, &device)?;
+        let path = synthetic::unit_outcome_path(&self.out, &self.settings);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -175,8 +174,8 @@ fn print_report(report: &synthetic::SyntheticReport) {
     );
 }
 
-/// The synthetic preset with stages 2-3 in `jobs` worker processes (this binary, `--seed-worker`), one per
-/// (seed, adapter family) unit ([`synthetic::work_units`]), each on its share of the threads: stage 1 here,
+/// The synthetic preset with stages 2-3 in `jobs` worker processes (this binary, `--unit-worker`), one per
+/// unit of [`synthetic::work_units`], each on its share of the threads: stage 1 here,
 /// the units there, the report here from their outcomes.
 fn synthetic_in_processes(
     settings: SyntheticSettings,
@@ -191,25 +190,25 @@ fn synthetic_in_processes(
             out: out.clone(),
         },
     )?;
+    let units = synthetic::work_units(&settings)?;
+    let jobs = jobs.min(units.len()).max(1);
     let per_job = (bench::threads() / jobs).max(1);
-    let units: Vec<(u64, Vec<String>)> = synthetic::work_units(&settings)?
-        .into_iter()
-        .flat_map(|methods| settings.seeds.iter().map(move |&seed| (seed, methods.clone())))
-        .collect();
     eprintln!(
-        "stages 2-3: {} units (seed × adapter family) in {jobs} processes of {per_job} thread(s)",
+        "stages 2-3: {} units in {jobs} processes of {per_job} thread(s)",
         units.len()
     );
     let exe = std::env::current_exe()?;
     let mut pending = units.iter();
-    let mut running: Vec<(u64, std::process::Child)> = Vec::new();
+    let mut running: Vec<(String, std::process::Child)> = Vec::new();
     let mut failure: Option<String> = None;
     loop {
         while failure.is_none() && running.len() < jobs {
-            let Some((seed, methods)) = pending.next() else {
+            let Some(unit) = pending.next() else {
                 break;
             };
-            let _ = std::fs::remove_file(synthetic::seed_outcome_path(&out, *seed, methods));
+            let name = synthetic::unit_name(unit);
+            let _ = std::fs::remove_file(synthetic::unit_outcome_path(&out, unit));
+            let seeds: Vec<String> = unit.seeds.iter().map(u64::to_string).collect();
             let child = std::process::Command::new(&exe)
                 .args([
                     "reproduce",
@@ -222,31 +221,27 @@ fn synthetic_in_processes(
                 .arg(&out)
                 .arg("--settings")
                 .arg(out.join("settings.json"))
-                .args([
-                    "--seed-worker",
-                    &seed.to_string(),
-                    "--methods",
-                    &methods.join(","),
-                ])
+                .args(["--unit-worker", "--methods", &unit.methods.join(",")])
+                .args(["--seeds", &seeds.join(",")])
                 .env("RAYON_NUM_THREADS", per_job.to_string())
                 .spawn()
-                .map_err(|e| anyhow::anyhow!("starting a worker of seed {seed} ({}): {e}", exe.display()))?;
-            running.push((*seed, child));
+                .map_err(|e| anyhow::anyhow!("starting the worker of {name} ({}): {e}", exe.display()))?;
+            running.push((name, child));
         }
         if running.is_empty() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
-        running.retain_mut(|(seed, child)| match child.try_wait() {
+        running.retain_mut(|(unit, child)| match child.try_wait() {
             Ok(None) => true,
             Ok(Some(status)) => {
                 if !status.success() && failure.is_none() {
-                    failure = Some(format!("a worker of seed {seed} failed ({status})"));
+                    failure = Some(format!("the worker of {unit} failed ({status})"));
                 }
                 false
             }
             Err(e) => {
-                failure.get_or_insert(format!("a worker of seed {seed}: {e}"));
+                failure.get_or_insert(format!("the worker of {unit}: {e}"));
                 false
             }
         });
@@ -254,17 +249,17 @@ fn synthetic_in_processes(
     if let Some(failure) = failure {
         anyhow::bail!(
             "{failure}; the units that finished are in {}",
-            out.join("seeds").display()
+            out.join("units").display()
         );
     }
     let outcomes = units
         .iter()
-        .map(|(seed, methods)| {
-            let path = synthetic::seed_outcome_path(&out, *seed, methods);
+        .map(|unit| {
+            let path = synthetic::unit_outcome_path(&out, unit);
             let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
         })
-        .collect::<Result<Vec<synthetic::SeedOutcome>>>()?;
+        .collect::<Result<Vec<synthetic::UnitOutcome>>>()?;
     print_report(&synthetic::assemble(&settings, &outcomes, &out)?);
     Ok(())
 }
@@ -376,13 +371,12 @@ fn reproduce_synthetic(args: ReproduceArgs) -> Result<()> {
         &mut settings.methods,
         &synthetic::METHODS,
     );
-    if let Some(seed) = args.seed_worker {
+    if args.unit_worker {
         return with_backend(
             args.device,
-            SyntheticSeed {
+            SyntheticUnit {
                 settings,
                 out: args.out,
-                seed,
             },
         );
     }

@@ -56,34 +56,35 @@ impl<B: Backend> RoutedLora<B> {
 
     /// Per-example mixed adapters `A_t: [b, d_in, r]` and `B_t: [b, r, d_out]` for weights `w: [b, h, S]`.
     ///
-    /// Both come from one matmul each with the block-diagonal weights `W: [b·h, h·S]`
-    /// (`W[(e, q), (q', s)] = w[e, q, s]` when `q' = q`, else 0): `W · A` is `A_t` in its final layout, where a
-    /// matmul batched over the heads gives `[h, b, …]` and a copy to reorder it. The zeros are exact, so the
-    /// sums are those of the per-head mixtures.
+    /// One matmul each, batched over the heads: `w[:, q, :] · A[q]` is head `q`'s block of every `A_t`, laid out
+    /// `[h, b, …]`; a row gather puts the blocks in their final places (head `q`'s rows of `A_t`, its columns of
+    /// `B_t`). A block-diagonal weight matrix would give the final layout directly, at `h` times the multiply-adds.
     pub fn mix(&self, weights: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [h, s, din_h, r] = self.poly_lora_a.dims();
         let dout_h = self.poly_lora_b.dims()[3];
         let bsz = weights.dims()[0];
-        let w = block_diagonal(weights);
+        if h == 1 {
+            let w = weights.reshape([bsz, s]);
+            let a = w.clone().matmul(self.poly_lora_a.val().reshape([s, din_h * r]));
+            let b = w.matmul(self.poly_lora_b.val().reshape([s, r * dout_h]));
+            return (a.reshape([bsz, din_h, r]), b.reshape([bsz, r, dout_h]));
+        }
+        let w = weights.swap_dims(0, 1);
         let a = w
             .clone()
-            .matmul(self.poly_lora_a.val().reshape([h * s, din_h * r]))
-            .reshape([bsz, h * din_h, r]);
-        let b = w.matmul(self.poly_lora_b.val().reshape([h * s, r * dout_h]));
-        let b = if h == 1 {
-            b.reshape([bsz, r, dout_h])
-        } else {
-            // [b·h, r·dout_h] → [b, r, h·dout_h]: head q's columns of B_t are block q. A row gather rather than
-            // a 4-d permutation, which the CPU backends copy one element at a time.
-            let index: Vec<i64> = (0..bsz)
-                .flat_map(|e| (0..r).flat_map(move |k| (0..h).map(move |q| ((e * h + q) * r + k) as i64)))
-                .collect();
-            let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [bsz * r * h]), &b.device());
-            b.reshape([bsz * h * r, dout_h])
-                .select(0, index)
-                .reshape([bsz, r, h * dout_h])
-        };
-        (a, b)
+            .matmul(self.poly_lora_a.val().reshape([h, s, din_h * r]));
+        let b = w.matmul(self.poly_lora_b.val().reshape([h, s, r * dout_h]));
+        let device = a.device();
+        // Row (q, e) of `a` is head q's rows of A_e: in example-major order it is A_e's q-th block.
+        let a_rows = gather_index((0..bsz).flat_map(|e| (0..h).map(move |q| q * bsz + e)), &device);
+        let a = a.reshape([h * bsz, din_h * r]).select(0, a_rows);
+        // Row (q, e, k) of `b` is row k of B_e restricted to head q's columns: B_e's row k is (q, e, k) over q.
+        let b_rows = gather_index(
+            (0..bsz).flat_map(|e| (0..r).flat_map(move |k| (0..h).map(move |q| (q * bsz + e) * r + k))),
+            &device,
+        );
+        let b = b.reshape([h * bsz * r, dout_h]).select(0, b_rows);
+        (a.reshape([bsz, h * din_h, r]), b.reshape([bsz, r, h * dout_h]))
     }
 
     /// `scale · (x A_t) B_t` for `x: [b, n, d_in]`, each example with its own task's adapter.
@@ -129,19 +130,9 @@ impl<B: Backend> RoutedLora<B> {
     }
 }
 
-/// `[b, h, S]` weights as the block-diagonal `[b·h, h·S]` matrix whose row `(e, q)` holds `w[e, q, :]` in
-/// columns `q·S..(q + 1)·S` and zeros elsewhere; `[b, S]` itself when `h = 1`.
-pub(crate) fn block_diagonal<B: Backend>(weights: Tensor<B, 3>) -> Tensor<B, 2> {
-    let [b, h, s] = weights.dims();
-    let w = weights.reshape([b * h, s]);
-    if h == 1 {
-        return w;
-    }
-    let mask: Vec<f32> = (0..b * h)
-        .flat_map(|row| (0..h * s).map(move |col| if col / s == row % h { 1.0 } else { 0.0 }))
-        .collect();
-    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b * h, h * s]), &w.device());
-    // Repeat along a new unit dim: Burn 0.21's `repeat_dim` backward sums the wrong axis when the repeated
-    // dim is longer than 1 (it treats a tiling as an interleave).
-    w.reshape([b * h, 1, s]).repeat_dim(1, h).reshape([b * h, h * s]) * mask
+/// The row indices `rows` as an index tensor for `select`.
+fn gather_index<B: Backend>(rows: impl Iterator<Item = usize>, device: &B::Device) -> Tensor<B, 1, Int> {
+    let rows: Vec<i64> = rows.map(|i| i as i64).collect();
+    let n = rows.len();
+    Tensor::from_data(TensorData::new(rows, [n]), device)
 }
