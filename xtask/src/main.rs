@@ -71,7 +71,8 @@ struct ReproduceArgs {
     #[arg(long, value_name = "DIR")]
     p3: Option<PathBuf>,
     /// synthetic: stages 2-3 run in this many processes at once, one per adapter family (from-scratch methods:
-    /// one per seed), the cores shared among them (default: one per core on CPU devices, 1 on GPUs). Numbers are those of a sequential run.
+    /// one per seed), the cores shared among them (default: one per core on CPU devices, 1 on GPUs). Numbers
+    /// are those of a sequential run.
     #[arg(long)]
     jobs: Option<usize>,
     /// Internal: run stages 2-3 of `--methods` under `--seeds` (one unit) on the cached base and write their

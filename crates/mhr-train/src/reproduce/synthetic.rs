@@ -759,8 +759,8 @@ where
         alignment: BTreeMap::new(),
     };
     let clock = Instant::now();
-    let seed = settings.split_seed;
-    let split = suite.split(seed);
+    let split_seed = settings.split_seed;
+    let split = suite.split(split_seed);
 
     // Stage 2: one multi-task pre-training per family used by the requested methods.
     let mut keys: Vec<(Method, usize)> = plans
@@ -773,12 +773,12 @@ where
     let mut pretrained: Vec<((Method, usize), Model<B>)> = Vec::new();
     let train_tasks: Vec<ComposedTask> = split.train.iter().map(|&t| suite.tasks()[t].clone()).collect();
     for (method, rank) in keys {
-        B::seed(device, mix(seed, 2));
+        B::seed(device, mix(split_seed, 2));
         let model = attach_pretraining(base.clone(), method, &sizes(settings, rank), &targets(), n_tasks)?;
         let tasks = &train_tasks;
         let data = Generated {
             batch_size: settings.pre_batch,
-            seed: mix(seed, 99),
+            seed: mix(split_seed, 99),
             generate: |rng: &mut StdRng| {
                 let task = &tasks[rng.random_range(0..tasks.len())];
                 task_example(task, rng).expect("letters of the alphabet always encode")
@@ -789,7 +789,7 @@ where
             settings.pre_batch,
             settings.pre_lr,
             settings.routing_lr,
-            seed,
+            split_seed,
         );
         let family = if method == Method::Lora {
             format!("lora-r{rank}")
@@ -813,7 +813,7 @@ where
             .take(ALIGNMENT_TASKS)
             .map(|&t| {
                 let task = &suite.tasks()[t];
-                let examples = task_examples(task, ALIGNMENT_EXAMPLES, mix(seed, 4242 + t as u64))?;
+                let examples = task_examples(task, ALIGNMENT_EXAMPLES, mix(split_seed, 4242 + t as u64))?;
                 Ok((task.name().to_string(), examples))
             })
             .collect::<Result<_, TrainError>>()?;
