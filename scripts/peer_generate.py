@@ -8,14 +8,11 @@ generate_tokens_per_s, peak_rss_mb.
 
 Usage: python peer_generate.py [--method mhr|poly|lora|ia3] [--preset tiny|small] [--steps N] [--threads T]
 """
-import argparse, json, os, resource, statistics, sys, time
+import argparse, json, resource, statistics, time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peer"))
-from bench_train_step import PRESETS, TARGETS  # noqa: E402
-from peft import IA3Config, LoraConfig, PolyConfig, get_peft_model  # noqa: E402
-from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
+from peer_common import PRESETS, adapted_model, batch
 
 
 def main():
@@ -28,22 +25,10 @@ def main():
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
     p = PRESETS[a.preset]
-    model = T5ForConditionalGeneration(T5Config(**p["model"], decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
-    if a.method in ("mhr", "poly"):
-        cfg = PolyConfig(task_type="SEQ_2_SEQ_LM", r=8, target_modules=TARGETS, n_tasks=p["n_tasks"],
-                         n_skills=8, n_splits=8 if a.method == "mhr" else 1)
-    elif a.method == "lora":
-        cfg = LoraConfig(task_type="SEQ_2_SEQ_LM", r=8, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0)
-    else:
-        cfg = IA3Config(task_type="SEQ_2_SEQ_LM", target_modules=["k", "v", "wo"], feedforward_modules=["wo"])
-    model = get_peft_model(model, cfg).eval()
-    V, n = p["model"]["vocab_size"], a.new_tokens or p["tgt_len"]
-    g = torch.Generator().manual_seed(1)
-    src = torch.randint(2, V, (p["batch"], p["src_len"]), generator=g)
-    task_ids = torch.randint(0, p["n_tasks"], (p["batch"],), generator=g)
-    kw = dict(task_ids=task_ids) if a.method in ("mhr", "poly") else {}
+    model = adapted_model(a.method, a.preset).eval()
+    src, _, kw = batch(a.method, a.preset)
+    n = a.new_tokens or p["tgt_len"]
     times, generated = [], 0
     with torch.inference_mode():
         for i in range(1 + a.steps):

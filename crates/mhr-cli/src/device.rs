@@ -141,6 +141,7 @@ pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Outp
             {
                 use burn::backend::{Autodiff, Wgpu, wgpu::WgpuDevice};
                 let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+                start_gpu::<Autodiff<Wgpu>>(spec, &device)?;
                 task.run::<Autodiff<Wgpu>>(device, spec)
             }
             #[cfg(not(feature = "wgpu"))]
@@ -153,7 +154,9 @@ pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Outp
             #[cfg(feature = "cuda")]
             {
                 use burn::backend::{Autodiff, Cuda, cuda::CudaDevice};
-                task.run::<Autodiff<Cuda>>(CudaDevice::new(index), spec)
+                let device = CudaDevice::new(index);
+                start_gpu::<Autodiff<Cuda>>(spec, &device)?;
+                task.run::<Autodiff<Cuda>>(device, spec)
             }
             #[cfg(not(feature = "cuda"))]
             {
@@ -162,6 +165,42 @@ pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Outp
             }
         }
     }
+}
+
+/// Starts a GPU device with one tiny op, so that a missing driver, library or adapter is an error before any work.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn start_gpu<B: AutodiffBackend>(spec: DeviceSpec, device: &B::Device) -> Result<()> {
+    start_device(spec, || {
+        burn::tensor::Tensor::<B, 1>::zeros([1], device).into_data();
+    })
+}
+
+/// Runs `start` (the first op on a device) and turns a panic into an error naming the device and the cause. The GPU
+/// runtimes report a missing driver, library or adapter by panicking on their device thread, which the caller then
+/// sees only as a closed channel: the hook keeps the first panic's message, which names the real cause.
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+fn start_device(spec: DeviceSpec, start: impl FnOnce()) -> Result<()> {
+    use std::panic::{self, AssertUnwindSafe};
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    let cause = Arc::new(Mutex::new(None::<String>));
+    let first = Arc::clone(&cause);
+    let previous = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let mut first = first.lock().unwrap_or_else(PoisonError::into_inner);
+        if first.is_none() {
+            *first = Some(info.payload_as_str().unwrap_or("unknown panic").to_string());
+        }
+    }));
+    let started = panic::catch_unwind(AssertUnwindSafe(start));
+    panic::set_hook(previous);
+    started.map_err(|_| {
+        let cause = cause.lock().unwrap_or_else(PoisonError::into_inner).take();
+        anyhow::anyhow!(
+            "device `{spec}` could not be started: {}",
+            cause.as_deref().unwrap_or("unknown panic")
+        )
+    })
 }
 
 /// Checks that `spec` names a compiled-in backend, before any work starts.
@@ -207,6 +246,23 @@ mod tests {
     #[test]
     fn cpu_is_the_default_backend() {
         assert!(ensure_compiled(DeviceSpec::Cpu).is_ok());
+    }
+
+    /// As a GPU runtime fails without its driver: the device thread panics with the cause, the caller's channel closes.
+    #[test]
+    fn device_start_failure_names_the_cause() {
+        let err = start_device(DeviceSpec::Cuda(1), || {
+            let worker =
+                std::thread::spawn(|| panic!("Unable to dynamically load the \"cuda\" shared library"));
+            worker.join().expect("RecvError");
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "device `cuda:1` could not be started: Unable to dynamically load the \"cuda\" shared library"
+        );
+        assert!(start_device(DeviceSpec::Cpu, || ()).is_ok());
     }
 
     #[cfg(not(feature = "cuda"))]
