@@ -93,16 +93,16 @@ impl<B: Backend> ModuleVisitor<B> for RoutingIds {
     }
 }
 
-/// Sum of squared gradient entries over a module's parameters.
-struct SquaredNorm<'a> {
+/// Each parameter's sum of squared gradient entries, kept on the device.
+struct SquaredSums<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
-    total: f64,
+    sums: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredSums<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            self.total += g.powf_scalar(2.0).sum().into_scalar().elem::<f64>();
+            self.sums.push(g.powf_scalar(2.0).sum());
         }
     }
 }
@@ -121,10 +121,20 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
 }
 
 /// The global L2 norm of all gradients of `module`.
+///
+/// The per-parameter sums are read back in one transfer (a GPU synchronises once per step, not once per
+/// parameter) and added in f64 in parameter order.
 pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
-    let mut v = SquaredNorm { grads, total: 0.0 };
+    let mut v = SquaredSums::<B> {
+        grads,
+        sums: Vec::new(),
+    };
     module.visit(&mut v);
-    v.total.sqrt()
+    if v.sums.is_empty() {
+        return 0.0;
+    }
+    let sums = Tensor::cat(v.sums, 0).into_data();
+    sums.iter::<f64>().sum::<f64>().sqrt()
 }
 
 /// Scales all gradients so their global norm is at most `max_norm`; returns the norm before clipping.
