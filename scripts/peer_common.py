@@ -15,16 +15,17 @@ from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 ROUTED = ("mhr", "poly")
 
 
-def adapted_model(method, preset, rank=8, skills=8, heads=8):
-    """The preset's random T5 (torch.manual_seed(0)) with the method's peft adapter on TARGETS."""
+def adapted_model(method, preset):
+    """The preset's random T5 (torch.manual_seed(0)) with the method's peft adapter on TARGETS, at the peer's
+    defaults: rank 8, 8 skills, 8 heads for MHR."""
     torch.manual_seed(0)
     p = PRESETS[preset]
     model = T5ForConditionalGeneration(T5Config(**p["model"], decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
     if method in ROUTED:
-        cfg = PolyConfig(task_type="SEQ_2_SEQ_LM", r=rank, target_modules=TARGETS, n_tasks=p["n_tasks"],
-                         n_skills=skills, n_splits=heads if method == "mhr" else 1)
+        cfg = PolyConfig(task_type="SEQ_2_SEQ_LM", r=8, target_modules=TARGETS, n_tasks=p["n_tasks"],
+                         n_skills=8, n_splits=8 if method == "mhr" else 1)
     elif method == "lora":
-        cfg = LoraConfig(task_type="SEQ_2_SEQ_LM", r=rank, lora_alpha=rank, target_modules=TARGETS, lora_dropout=0.0)
+        cfg = LoraConfig(task_type="SEQ_2_SEQ_LM", r=8, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0)
     else:
         cfg = IA3Config(task_type="SEQ_2_SEQ_LM", target_modules=["k", "v", "wo"], feedforward_modules=["wo"])
     return get_peft_model(model, cfg)
