@@ -48,3 +48,10 @@ pub fn assert_rel_close(actual: &[f32], expected: &[f32], rtol: f32, what: &str)
 pub fn wgpu_required() -> bool {
     std::env::var("MHR_REQUIRE_WGPU").is_ok_and(|v| v == "1")
 }
+
+/// Burn's CPU backends draw from one process-wide RNG, and all workspace tests share one process: a test that
+/// seeds it, or draws from it, holds this lock so that no seeded run sees another test's draws.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -15,7 +15,8 @@ use burn::tensor::backend::AutodiffBackend;
 use mhr_cli::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
 use mhr_core::peft::TargetModules;
 use mhr_core::{
-    AdapterConfig, Ia3Config, LoraConfig, Method, RoutedLoraConfig, RoutingContext, RoutingMode, Stage,
+    AdapterConfig, AdapterHost, Ia3Config, LoraConfig, Method, RoutedLoraConfig, RoutingContext, RoutingMode,
+    Stage,
 };
 use mhr_models::{GenerationConfig, T5Config, T5ForConditionalGeneration};
 use mhr_train::optim::{OptimConfig, TwoSpeedAdamW};

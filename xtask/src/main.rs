@@ -10,9 +10,9 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
 use mhr_cli::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
 use mhr_models::hub::Hub;
-use mhr_train::reproduce::sni::{self, SniSettings};
-use mhr_train::reproduce::synthetic::{self, SyntheticSettings};
-use mhr_train::reproduce::t0::{self, T0Settings};
+use mhr_presets::sni::{self, SniSettings};
+use mhr_presets::synthetic::{self, SyntheticSettings};
+use mhr_presets::t0::{self, T0Settings};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "mhr reproduction and developer tasks")]

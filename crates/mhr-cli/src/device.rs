@@ -178,8 +178,7 @@ fn start_gpu<B: AutodiffBackend>(spec: DeviceSpec, device: &B::Device) -> Result
 /// Runs `start` (the first op on a device) and turns a panic into an error naming the device and the cause. The GPU
 /// runtimes report a missing driver, library or adapter by panicking on their device thread, which the caller then
 /// sees only as a closed channel: the hook keeps the first panic's message, which names the real cause.
-#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
-fn start_device(spec: DeviceSpec, start: impl FnOnce()) -> Result<()> {
+pub fn start_device(spec: DeviceSpec, start: impl FnOnce()) -> Result<()> {
     use std::panic::{self, AssertUnwindSafe};
     use std::sync::{Arc, Mutex, PoisonError};
 
@@ -215,60 +214,5 @@ pub fn ensure_compiled(spec: DeviceSpec) -> Result<()> {
         Ok(())
     } else {
         bail!(not_compiled(spec, feature))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_devices() {
-        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
-        assert_eq!("wgpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(None)));
-        assert_eq!("wgpu:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(Some(1))));
-        assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
-        assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
-        assert!(
-            "tpu"
-                .parse::<DeviceSpec>()
-                .unwrap_err()
-                .contains("unknown device `tpu`")
-        );
-        assert!(
-            "cuda:x"
-                .parse::<DeviceSpec>()
-                .unwrap_err()
-                .contains("invalid device index")
-        );
-    }
-
-    #[test]
-    fn cpu_is_the_default_backend() {
-        assert!(ensure_compiled(DeviceSpec::Cpu).is_ok());
-    }
-
-    /// As a GPU runtime fails without its driver: the device thread panics with the cause, the caller's channel closes.
-    #[test]
-    fn device_start_failure_names_the_cause() {
-        let err = start_device(DeviceSpec::Cuda(1), || {
-            let worker =
-                std::thread::spawn(|| panic!("Unable to dynamically load the \"cuda\" shared library"));
-            worker.join().expect("RecvError");
-        })
-        .unwrap_err()
-        .to_string();
-        assert_eq!(
-            err,
-            "device `cuda:1` could not be started: Unable to dynamically load the \"cuda\" shared library"
-        );
-        assert!(start_device(DeviceSpec::Cpu, || ()).is_ok());
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    #[test]
-    fn missing_backend_is_a_clear_error() {
-        let err = ensure_compiled(DeviceSpec::Cuda(0)).unwrap_err().to_string();
-        assert!(err.contains("built without the `cuda` feature"), "{err}");
     }
 }

@@ -6,8 +6,9 @@ use crate::error::CoreError;
 use crate::ia3::{Ia3, RoutedIa3};
 use crate::lora::Lora;
 use crate::routed::RoutedLora;
-use crate::routing::{RoutingContext, RoutingMode};
-use crate::sharing::SiteRouter;
+use crate::router::RoutingMode;
+use crate::routing::RoutingContext;
+use crate::sharing::{SharedRouters, SiteRouter};
 
 /// The adapter kinds an [`AdaptedLinear`] can carry.
 #[derive(Module, Debug)]
@@ -61,6 +62,16 @@ impl<B: Backend> Adapter<B> {
             Adapter::Lora(_) | Adapter::Ia3(_) => None,
         }
     }
+
+    /// A copy that owns its router: a router shared by its group becomes a per-layer copy of it (peft's
+    /// layout, for export); the outputs are unchanged.
+    pub fn per_layer_copy(&self, shared: &SharedRouters<B>) -> Result<Self, CoreError> {
+        let mut copy = self.clone();
+        if let Some(slot) = copy.router_mut() {
+            *slot = SiteRouter::Own(shared.per_layer_router(slot)?);
+        }
+        Ok(copy)
+    }
 }
 
 /// What has been folded into the base weight by [`AdaptedLinear::merge`].
@@ -108,6 +119,22 @@ impl<B: Backend> AdaptedLinear<B> {
     pub fn with_adapter(self, config: &AdapterConfig) -> Result<Self, CoreError> {
         let adapter = Adapter::new(config, self.d_in(), self.d_out(), &self.weight.device())?;
         Ok(self.set_adapter(Some(adapter)))
+    }
+
+    /// Moves the site's own router into its group of `shared` when its routing config names a shared
+    /// granularity (see [`SharedRouters::join`]); other sites are returned unchanged.
+    pub fn share_router(mut self, path: &str, shared: &mut SharedRouters<B>) -> Result<Self, CoreError> {
+        let Some(SiteRouter::Own(router)) = self.adapter.as_ref().and_then(Adapter::router) else {
+            return Ok(self);
+        };
+        if !router.config.granularity.is_shared() {
+            return Ok(self);
+        }
+        let group = shared.join(path, router)?;
+        if let Some(slot) = self.adapter.as_mut().and_then(Adapter::router_mut) {
+            *slot = SiteRouter::Shared(group);
+        }
+        Ok(self)
     }
 
     pub fn set_adapter(mut self, adapter: Option<Adapter<B>>) -> Self {
@@ -177,7 +204,7 @@ impl<B: Backend> AdaptedLinear<B> {
             router.own().cloned().ok_or_else(|| {
                 CoreError::Config(
                     "cannot merge a site whose router is shared by its group: merge a per-layer copy \
-                     (SharedRouters::per_layer_copy)"
+                     (Adapter::per_layer_copy)"
                         .into(),
                 )
             })

@@ -320,3 +320,48 @@ fn yes() -> bool {
 fn one() -> f64 {
     1.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_that_do_not_divide_a_width_are_refused_at_construction() {
+        let config = AdapterConfig::RoutedLora(RoutedLoraConfig::new(4, 2, 3, 5));
+        let err = config.validate(64, 48).unwrap_err().to_string();
+        assert!(err.contains("d_in = 64 is not divisible by n_heads = 3"), "{err}");
+        let err = config.validate(48, 64).unwrap_err().to_string();
+        assert!(
+            err.contains("d_out = 64 is not divisible by n_heads = 3"),
+            "{err}"
+        );
+        assert!(config.validate(48, 96).is_ok());
+    }
+
+    #[test]
+    fn routing_knobs_out_of_range_are_refused() {
+        for (routing, message) in [
+            (
+                RoutingConfig {
+                    logits_dropout: 1.0,
+                    ..RoutingConfig::default()
+                },
+                "logits_dropout must lie in [0, 1), found 1",
+            ),
+            (
+                RoutingConfig {
+                    temperature: 0.0,
+                    ..RoutingConfig::default()
+                },
+                "temperature must be a positive number, found 0",
+            ),
+        ] {
+            let config = AdapterConfig::RoutedLora(RoutedLoraConfig {
+                routing,
+                ..RoutedLoraConfig::new(4, 2, 1, 3)
+            });
+            let err = config.validate(8, 8).unwrap_err().to_string();
+            assert!(err.contains(message), "{err}");
+        }
+    }
+}

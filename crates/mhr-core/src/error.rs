@@ -33,6 +33,18 @@ pub enum CoreError {
         field: String,
         reason: String,
     },
+    /// An adapter file has weights for a module that is not an adapter site of the model.
+    #[error("adapter module `{module}` is not an adapter site of this model")]
+    UnknownSite { module: String },
+    /// `target_modules` (names, or a regular expression that must match a whole path) select no site.
+    #[error(
+        "target_modules {targets} match no adapter site of this model (sites are module paths such as \
+         `encoder.block.0.layer.0.SelfAttention.q`; a regular expression must match the whole path)"
+    )]
+    NoTargetSite { targets: String },
+    /// An adapter file has weights for sites that its own `target_modules` do not name.
+    #[error("adapter weights for {modules:?}, which target_modules {targets} do not name")]
+    UntargetedModules { targets: String, modules: Vec<String> },
     #[error("invalid adapter configuration: {0}")]
     Config(String),
     #[error("unknown task `{0}` (and the unknown-task fallback is off)")]

@@ -10,6 +10,7 @@ mod adapted_linear;
 mod config;
 mod diagnostics;
 mod error;
+mod host;
 mod ia3;
 pub mod io;
 mod lora;
@@ -29,11 +30,15 @@ pub use config::{
 };
 pub use diagnostics::RoutingDiagnostics;
 pub use error::CoreError;
+pub use host::AdapterHost;
 pub use ia3::{Ia3, RoutedIa3};
 pub use lora::Lora;
 pub use method::{Method, NewTaskRouting, ParamGroup, Stage, TrainableSet};
 pub use routed::RoutedLora;
-pub use router::PolyRouter;
-pub use routing::{RoutingContext, RoutingMode};
+pub use router::{PolyRouter, RoutingMode};
+pub use routing::RoutingContext;
 pub use sharing::{SharedRouters, SiteRouter};
 pub use tasks::TaskMap;
+
+/// The label id that losses skip (PyTorch's `ignore_index`, HF's convention): target padding in batches.
+pub const IGNORE_INDEX: i64 = -100;

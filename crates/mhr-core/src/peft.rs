@@ -661,7 +661,7 @@ fn own_router<'a, B: Backend>(path: &str, r: &'a RoutedLora<B>) -> Result<&'a Po
     r.router.own().ok_or_else(|| {
         CoreError::Config(format!(
             "{path}: its router is shared by its group and peft has per-layer routers only; export a \
-             per-layer copy (SharedRouters::per_layer_copy)"
+             per-layer copy (Adapter::per_layer_copy)"
         ))
     })
 }

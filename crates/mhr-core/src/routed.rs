@@ -5,7 +5,8 @@ use burn::tensor::Distribution;
 use crate::config::RoutedLoraConfig;
 use crate::lora::Lora;
 use crate::router::PolyRouter;
-use crate::routing::{RoutingContext, RoutingMode};
+use crate::router::RoutingMode;
+use crate::routing::RoutingContext;
 use crate::sharing::SiteRouter;
 
 /// A skill inventory `A: [h, S, d_in/h, r]`, `B: [h, S, r, d_out/h]` with its router (peft's layout).

@@ -4,12 +4,23 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::sigmoid;
 
 use crate::config::{Normalization, RoutingConfig};
-use crate::routing::RoutingMode;
 
 /// Added to the per-head sum, as in peft and mttl.
 const NORM_EPS: f64 = 1e-12;
 /// Bound of the uniform initialisation of routing logits (σ(Z) ≈ 0.5: routing starts near uniform).
 const LOGIT_INIT_BOUND: f64 = 1e-3;
+
+/// Whether routing weights are sampled (training) or deterministic (evaluation).
+///
+/// Kept explicit rather than inferred from the backend, so that gradients can be taken through the
+/// deterministic path (the fixtures do) and sampling can be switched off in training (mttl's T0 runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingMode {
+    /// `σ(Z)`, no noise.
+    Deterministic,
+    /// A relaxed-Bernoulli sample when the router's config enables it, else `σ(Z)`.
+    Sampled,
+}
 
 /// Per-layer task-to-skill routing: logits `Z: [n_tasks, h·S]`, one row per task.
 #[derive(Module, Debug)]
@@ -154,11 +165,172 @@ impl<B: Backend> PolyRouter<B> {
         let logits = Tensor::from_data(logits.into_data(), &device);
         Self::from_logits(logits, self.n_heads, self.n_skills, self.config)
     }
+}
 
-    /// mttl's `resize_module_logits(n)`: replaces all rows by `n` fresh ones (few-shot adaptation of a new task).
-    pub fn reset_tasks(self, n: usize) -> Self {
-        let device = self.module_logits.device();
-        let logits = Self::fresh_rows(n, self.n_heads * self.n_skills, &device);
-        Self::from_logits(logits, self.n_heads, self.n_skills, self.config)
+#[cfg(test)]
+mod tests {
+    use burn::backend::ndarray::NdArrayDevice;
+    use burn::backend::{Autodiff, NdArray};
+
+    use super::*;
+
+    type B = NdArray;
+    const DEV: NdArrayDevice = NdArrayDevice::Cpu;
+
+    fn f32s<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    fn assert_abs_close(actual: &[f32], expected: &[f32], atol: f32, what: &str) {
+        assert_eq!(actual.len(), expected.len(), "{what}: length");
+        let d = actual
+            .iter()
+            .zip(expected)
+            .map(|(a, e)| (a - e).abs())
+            .fold(0.0, f32::max);
+        assert!(d <= atol, "{what}: max abs diff {d:e} > {atol:e}");
+    }
+
+    #[test]
+    fn relaxed_bernoulli_matches_its_analytical_statistics() {
+        let logits = [-2.0f32, -0.5, 0.0, 1.5];
+        let config = RoutingConfig {
+            normalization: Normalization::SqrtCorrection,
+            ..RoutingConfig::default()
+        };
+        let router = PolyRouter::<B>::from_logits(Tensor::from_data([logits], &DEV), 1, 4, config);
+        // With h = 1 and the sqrt correction w = z·√(1/4) = z/2, so z is observed directly.
+        let n = 20_000;
+        let ids = Tensor::<B, 1, Int>::zeros([n], &DEV);
+        <B as burn::tensor::backend::Backend>::seed(&DEV, 7);
+        let z: Vec<f32> = f32s(router.mixing_weights(ids, RoutingMode::Sampled) * 2.0);
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        for (k, &l) in logits.iter().enumerate() {
+            let samples: Vec<f64> = (0..n).map(|i| z[i * 4 + k] as f64).collect();
+            let mean = samples.iter().sum::<f64>() / n as f64;
+            let above = samples.iter().filter(|&&v| v > 0.5).count() as f64 / n as f64;
+            // E[σ(Z + L)], L ~ Logistic(0, 1), by the midpoint rule on [-40, 40].
+            let steps = 400_000;
+            let dx = 80.0 / steps as f64;
+            let expected_mean: f64 = (0..steps)
+                .map(|i| {
+                    let t = -40.0 + (i as f64 + 0.5) * dx;
+                    sigmoid(l as f64 + t) * sigmoid(t) * (1.0 - sigmoid(t)) * dx
+                })
+                .sum();
+            // Standard error of a mean of values in (0, 1) with n = 20k is below 0.0036; allow 4 σ.
+            assert!(
+                (mean - expected_mean).abs() < 0.015,
+                "logit {l}: mean {mean} vs {expected_mean}"
+            );
+            assert!(
+                (above - sigmoid(l as f64)).abs() < 0.015,
+                "logit {l}: P(z>½) {above} vs {}",
+                sigmoid(l as f64)
+            );
+        }
+    }
+
+    #[test]
+    fn injected_noise_gives_the_binary_concrete_formula() {
+        let config = RoutingConfig {
+            temperature: 0.5,
+            ..RoutingConfig::default()
+        };
+        let router = PolyRouter::<B>::from_logits(Tensor::from_data([[0.3f32, -1.2]], &DEV), 1, 2, config);
+        let u = [0.25f32, 0.9];
+        let w = f32s(
+            router.mixing_weights_with_noise(Tensor::from_data([0i64], &DEV), Tensor::from_data([[u]], &DEV)),
+        );
+        let z: Vec<f64> = [0.3f64, -1.2]
+            .iter()
+            .zip(u)
+            .map(|(l, u)| 1.0 / (1.0 + (-(l + (u as f64).ln() - (1.0 - u as f64).ln()) / 0.5).exp()))
+            .collect();
+        let total = z[0] + z[1];
+        assert_abs_close(
+            &w,
+            &[(z[0] / total) as f32, (z[1] / total) as f32],
+            1e-6,
+            "noised weights",
+        );
+    }
+
+    #[test]
+    fn sampled_routing_passes_gradients_to_the_logits() {
+        type A = Autodiff<NdArray>;
+        let router = PolyRouter::<A>::from_logits(
+            Tensor::from_data([[0.1f32, -0.2, 0.3], [0.5, 0.0, -0.4]], &DEV),
+            1,
+            3,
+            RoutingConfig::default(),
+        );
+        let w = router.mixing_weights(Tensor::from_data([0i64, 1, 1], &DEV), RoutingMode::Sampled);
+        let loss = (w * Tensor::<A, 3>::from_data([[[1.0f32, 2.0, 3.0]]], &DEV)).sum();
+        let grads = loss.backward();
+        let g = router.module_logits.grad(&grads).expect("logits get a gradient");
+        let g: Vec<f32> = g.into_data().to_vec().unwrap();
+        assert!(
+            g.iter().all(|v| v.is_finite()) && g.iter().any(|v| v.abs() > 1e-6),
+            "{g:?}"
+        );
+    }
+
+    #[test]
+    fn logits_dropout_zeroes_skills_before_normalising() {
+        let logits = [0.4f32, -1.0, 2.0, 0.0];
+        let config = RoutingConfig {
+            relaxed_bernoulli: false,
+            logits_dropout: 0.25,
+            ..RoutingConfig::default()
+        };
+        let router = PolyRouter::<B>::from_logits(Tensor::from_data([logits], &DEV), 1, 4, config);
+        let keep = [1.0f32, 0.0, 1.0, 1.0];
+        let w = f32s(router.mixing_weights_with_dropout(
+            Tensor::from_data([0i64], &DEV),
+            None,
+            Tensor::from_data([[keep]], &DEV),
+        ));
+        let z: Vec<f64> = logits
+            .iter()
+            .zip(keep)
+            .map(|(&l, k)| k as f64 / (1.0 + (-l as f64).exp()))
+            .collect();
+        let total: f64 = z.iter().sum();
+        let expected: Vec<f32> = z.iter().map(|v| (v / total) as f32).collect();
+        assert_abs_close(&w, &expected, 1e-6, "dropped-out weights");
+        assert_eq!(w[1], 0.0);
+
+        // Sampled mode drops each weight with probability p; evaluation never drops.
+        let n = 4_000;
+        let ids = Tensor::<B, 1, Int>::zeros([n], &DEV);
+        <B as burn::tensor::backend::Backend>::seed(&DEV, 11);
+        let sampled = f32s(router.mixing_weights(ids.clone(), RoutingMode::Sampled));
+        let dropped = sampled.iter().filter(|&&v| v == 0.0).count() as f64 / sampled.len() as f64;
+        // Standard error of a proportion near 0.25 over 16k cells is 0.0034; allow 4 σ.
+        assert!((dropped - 0.25).abs() < 0.014, "dropped fraction {dropped}");
+        let eval = f32s(router.mixing_weights(ids, RoutingMode::Deterministic));
+        assert!(eval.iter().all(|&v| v > 0.0));
+    }
+
+    #[test]
+    fn unknown_tasks_fall_back_to_the_uniform_average() {
+        let config = RoutingConfig {
+            unknown_task_fallback: true,
+            ..RoutingConfig::default()
+        };
+        let router =
+            PolyRouter::<B>::from_logits(Tensor::from_data([[3.0f32, -3.0, 1.0]], &DEV), 1, 3, config);
+        let w =
+            f32s(router.mixing_weights(Tensor::from_data([0i64, 1, 5], &DEV), RoutingMode::Deterministic));
+        assert!((w[0] - w[1]).abs() > 0.1, "known task is not uniform");
+        for row in [1, 2] {
+            assert_abs_close(
+                &w[row * 3..row * 3 + 3],
+                &[1.0 / 3.0; 3],
+                1e-6,
+                "unknown task row",
+            );
+        }
     }
 }

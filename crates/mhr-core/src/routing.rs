@@ -4,20 +4,8 @@ use std::sync::{Arc, Mutex};
 use burn::module::ParamId;
 use burn::prelude::*;
 
-use crate::router::PolyRouter;
+use crate::router::{PolyRouter, RoutingMode};
 use crate::sharing::{SharedRouters, SiteRouter};
-
-/// Whether routing weights are sampled (training) or deterministic (evaluation).
-///
-/// Kept explicit rather than inferred from the backend, so that gradients can be taken through the
-/// deterministic path (the fixtures do) and sampling can be switched off in training (mttl's T0 runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoutingMode {
-    /// `σ(Z)`, no noise.
-    Deterministic,
-    /// A relaxed-Bernoulli sample when the router's config enables it, else `σ(Z)`.
-    Sampled,
-}
 
 /// What every adapted layer needs to know about the batch: one task id per example.
 ///

@@ -8,7 +8,6 @@
 
 use burn::prelude::*;
 
-use crate::adapted_linear::{AdaptedLinear, Adapter};
 use crate::config::{RouterGranularity, RoutingConfig};
 use crate::error::CoreError;
 use crate::router::PolyRouter;
@@ -72,32 +71,22 @@ impl<B: Backend> SharedRouters<B> {
         }
     }
 
-    /// Moves the own router of the site at `path` into its group when its routing config names a shared
-    /// granularity: the first site of a group gives the group its router, later ones must agree with it on
-    /// heads, skills, tasks and routing settings, and drop theirs. Other sites are returned unchanged.
-    pub fn share(&mut self, path: &str, mut site: AdaptedLinear<B>) -> Result<AdaptedLinear<B>, CoreError> {
-        let Some(SiteRouter::Own(router)) = site.adapter.as_ref().and_then(Adapter::router) else {
-            return Ok(site);
-        };
-        if !router.config.granularity.is_shared() {
-            return Ok(site);
-        }
+    /// The index of the group that the site at `path` joins with its own `router` (of a shared granularity):
+    /// the first site of a group gives the group its router, later ones must agree with it on heads, skills,
+    /// tasks and routing settings.
+    pub fn join(&mut self, path: &str, router: &PolyRouter<B>) -> Result<usize, CoreError> {
         let group = router.config.granularity.group_of(path)?;
-        let index = match self.groups.iter().position(|g| *g == group) {
+        match self.groups.iter().position(|g| *g == group) {
             Some(g) => {
                 agree(&self.routers[g], router, &group, path)?;
-                g
+                Ok(g)
             }
             None => {
                 self.routers.push(router.clone());
                 self.groups.push(group);
-                self.len() - 1
+                Ok(self.len() - 1)
             }
-        };
-        if let Some(slot) = site.adapter.as_mut().and_then(Adapter::router_mut) {
-            *slot = SiteRouter::Shared(index);
         }
-        Ok(site)
     }
 
     /// Keeps the routers whose index `used` holds; returns them and each old index's new one.
@@ -116,27 +105,21 @@ impl<B: Backend> SharedRouters<B> {
         (kept, renumber)
     }
 
-    /// A copy of `adapter` that owns its router: a shared router's logits become a new per-layer parameter
-    /// (peft's layout, for export); the copy trains apart from the group.
-    pub fn per_layer_copy(&self, adapter: &Adapter<B>) -> Result<Adapter<B>, CoreError> {
-        let mut copy = adapter.clone();
-        if let Some(slot) = copy.router_mut()
-            && let SiteRouter::Shared(_) = slot
-        {
-            let shared = self.resolve(slot)?;
-            let config = RoutingConfig {
-                granularity: RouterGranularity::PerLayer,
-                ..shared.config.clone()
-            };
-            let logits = shared.module_logits.val().detach();
-            *slot = SiteRouter::Own(PolyRouter::from_logits(
-                logits,
-                shared.n_heads,
-                shared.n_skills,
-                config,
-            ));
-        }
-        Ok(copy)
+    /// A per-layer copy of the router `site` routes with: a shared router's logits become a new parameter
+    /// (peft's layout, for export) that trains apart from the group.
+    pub fn per_layer_router(&self, site: &SiteRouter<B>) -> Result<PolyRouter<B>, CoreError> {
+        let router = self.resolve(site)?;
+        Ok(match site {
+            SiteRouter::Own(_) => router.clone(),
+            SiteRouter::Shared(_) => {
+                let config = RoutingConfig {
+                    granularity: RouterGranularity::PerLayer,
+                    ..router.config.clone()
+                };
+                let logits = router.module_logits.val().detach();
+                PolyRouter::from_logits(logits, router.n_heads, router.n_skills, config)
+            }
+        })
     }
 }
 

@@ -2,17 +2,16 @@
 //! as Burn tensors through [`Batcher`]s.
 //!
 //! Layout: `input_ids [b, s]` padded with the pad id to the longest source in the batch,
-//! `attention_mask [b, s]` (1 real, 0 pad), `labels [b, t]` padded with [`LABEL_PAD`] (-100) to the
+//! `attention_mask [b, s]` (1 real, 0 pad), `labels [b, t]` padded with [`IGNORE_INDEX`] (-100) to the
 //! longest target, `task_ids [b]`. Multiple-choice batches are flattened to one row per
 //! (example, choice) pair, with the map back to examples.
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::{Backend, Device, Int, Tensor, TensorData};
 
-use crate::encode::{EncodedChoices, EncodedExample};
+use mhr_core::IGNORE_INDEX;
 
-/// The label of a padded target position (ignored by the loss, as in HF).
-pub const LABEL_PAD: i64 = -100;
+use crate::encode::{EncodedChoices, EncodedExample};
 
 /// A padded batch as row-major `i64` data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +46,18 @@ fn id_i64(id: usize) -> i64 {
 impl BatchData {
     /// Pads `(source, target, task id)` rows.
     fn from_rows<'a>(rows: impl Iterator<Item = (&'a [u32], &'a [u32], usize)> + Clone, pad_id: u32) -> Self {
-        let source_len = rows.clone().map(|(s, _, _)| s.len()).max().unwrap_or(0);
-        let target_len = rows.clone().map(|(_, t, _)| t.len()).max().unwrap_or(0);
+        // A batch with rows has at least one position: one whose targets are all empty then has only ignored
+        // labels (a NaN mean loss, as in PyTorch) instead of a zero-width tensor.
+        let source_len = rows
+            .clone()
+            .map(|(s, _, _)| s.len())
+            .max()
+            .map_or(0, |n| n.max(1));
+        let target_len = rows
+            .clone()
+            .map(|(_, t, _)| t.len())
+            .max()
+            .map_or(0, |n| n.max(1));
         let mut data = Self {
             batch_size: 0,
             source_len,
@@ -63,7 +72,7 @@ impl BatchData {
             data.attention_mask.extend(std::iter::repeat_n(1, source.len()));
             data.attention_mask
                 .extend(std::iter::repeat_n(0, source_len - source.len()));
-            push_padded(&mut data.labels, target, target_len, LABEL_PAD);
+            push_padded(&mut data.labels, target, target_len, IGNORE_INDEX);
             data.task_ids.push(id_i64(task_id));
             data.batch_size += 1;
         }
@@ -78,6 +87,12 @@ impl BatchData {
                 .map(|e| (e.input_ids.as_slice(), e.labels.as_slice(), e.task_id)),
             pad_id,
         )
+    }
+
+    /// Real (non-pad) source and target tokens, for throughput.
+    pub fn tokens(&self) -> usize {
+        self.attention_mask.iter().filter(|&&m| m == 1).count()
+            + self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
     }
 
     /// The batch on `device` as Int tensors.

@@ -58,9 +58,7 @@ mod task;
 mod template;
 mod tokenizer;
 
-pub use batch::{
-    BatchData, ChoiceBatch, ChoiceBatchData, ChoiceBatcher, LABEL_PAD, Seq2SeqBatch, Seq2SeqBatcher,
-};
+pub use batch::{BatchData, ChoiceBatch, ChoiceBatchData, ChoiceBatcher, Seq2SeqBatch, Seq2SeqBatcher};
 pub use encode::{EncodedChoices, EncodedExample, Encoder, EncoderConfig};
 pub use error::{DataError, Result};
 pub use fewshot::{

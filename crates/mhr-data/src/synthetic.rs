@@ -327,10 +327,10 @@ impl SyntheticSuite {
 pub struct SyntheticVocab;
 
 impl SyntheticVocab {
-    pub const PAD: i64 = 0;
-    pub const EOS: i64 = 1;
+    pub const PAD: u32 = 0;
+    pub const EOS: u32 = 1;
     /// T5 starts decoding from the pad id.
-    pub const DECODER_START: i64 = Self::PAD;
+    pub const DECODER_START: u32 = Self::PAD;
     const FIRST_LETTER: usize = 2;
     const FIRST_SKILL: usize = Self::FIRST_LETTER + ALPHABET.len();
     const FIRST_TASK: usize = Self::FIRST_SKILL + Skill::COUNT;
@@ -341,45 +341,45 @@ impl SyntheticVocab {
         Self::SIZE
     }
 
-    pub fn letter_id(&self, c: char) -> Result<i64, SyntheticError> {
+    pub fn letter_id(&self, c: char) -> Result<u32, SyntheticError> {
         letter_index(c)
             .map(|index| id(Self::FIRST_LETTER + index))
             .ok_or(SyntheticError::NotInAlphabet(c))
     }
 
-    pub fn skill_id(&self, skill: Skill) -> i64 {
+    pub fn skill_id(&self, skill: Skill) -> u32 {
         id(Self::FIRST_SKILL + skill.index())
     }
 
-    pub fn task_id(&self, task: &ComposedTask) -> i64 {
+    pub fn task_id(&self, task: &ComposedTask) -> u32 {
         id(Self::FIRST_TASK + task.index())
     }
 
     /// Stage 1 input: `[skill token] letters eos`.
-    pub fn encode_skill_input(&self, skill: Skill, letters: &str) -> Result<Vec<i64>, SyntheticError> {
+    pub fn encode_skill_input(&self, skill: Skill, letters: &str) -> Result<Vec<u32>, SyntheticError> {
         self.encode_with_prefix(self.skill_id(skill), letters)
     }
 
     /// Stages 2 and 3 input, for every method: `[task token] letters eos`.
-    pub fn encode_task_input(&self, task: &ComposedTask, letters: &str) -> Result<Vec<i64>, SyntheticError> {
+    pub fn encode_task_input(&self, task: &ComposedTask, letters: &str) -> Result<Vec<u32>, SyntheticError> {
         self.encode_with_prefix(self.task_id(task), letters)
     }
 
     /// Target: `letters eos`.
-    pub fn encode_target(&self, letters: &str) -> Result<Vec<i64>, SyntheticError> {
+    pub fn encode_target(&self, letters: &str) -> Result<Vec<u32>, SyntheticError> {
         let mut ids = self.encode_letters(letters)?;
         ids.push(Self::EOS);
         Ok(ids)
     }
 
-    fn encode_with_prefix(&self, prefix: i64, letters: &str) -> Result<Vec<i64>, SyntheticError> {
+    fn encode_with_prefix(&self, prefix: u32, letters: &str) -> Result<Vec<u32>, SyntheticError> {
         let mut ids = vec![prefix];
         ids.extend(self.encode_letters(letters)?);
         ids.push(Self::EOS);
         Ok(ids)
     }
 
-    fn encode_letters(&self, letters: &str) -> Result<Vec<i64>, SyntheticError> {
+    fn encode_letters(&self, letters: &str) -> Result<Vec<u32>, SyntheticError> {
         letters.chars().map(|c| self.letter_id(c)).collect()
     }
 
@@ -388,8 +388,8 @@ impl SyntheticVocab {
     /// reference's token-level exact match counts it wrong too.
     pub fn decode(&self, ids: &[i64]) -> String {
         ids.iter()
-            .skip_while(|&&token| token == Self::DECODER_START)
-            .take_while(|&&token| token != Self::EOS)
+            .skip_while(|&&token| token == i64::from(Self::DECODER_START))
+            .take_while(|&&token| token != i64::from(Self::EOS))
             .map(|&token| {
                 usize::try_from(token)
                     .ok()
@@ -402,8 +402,8 @@ impl SyntheticVocab {
 }
 
 /// Token ids are below 79, so the conversion is exact.
-fn id(index: usize) -> i64 {
-    index as i64
+fn id(index: usize) -> u32 {
+    index as u32
 }
 
 #[cfg(test)]
@@ -633,7 +633,12 @@ mod tests {
     fn decode_round_trips_and_stops_at_eos() {
         let vocab = SyntheticVocab;
         for text in ["abcdefghijklmnop", "ponm", ""] {
-            let ids = vocab.encode_target(text).expect("letters");
+            let ids: Vec<i64> = vocab
+                .encode_target(text)
+                .expect("letters")
+                .into_iter()
+                .map(i64::from)
+                .collect();
             assert_eq!(vocab.decode(&ids), text);
         }
         // Leading decoder-start pad skipped, everything after eos ignored.

@@ -1,5 +1,5 @@
 //! The memory bound for large inputs: a task file far larger than the cap is streamed, not held.
-//! Alone in its test binary, so that the process's peak resident set measures this load only.
+//! Alone in its test binary (not in `integration`), so that the process's peak resident set measures this load only.
 
 use std::io::{BufWriter, Write};
 

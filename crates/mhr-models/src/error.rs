@@ -48,15 +48,6 @@ pub enum ModelError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    /// An adapter file has weights for a module that is not an adapter site of this model.
-    #[error("adapter module `{module}` is not an adapter site of this T5")]
-    UnknownSite { module: String },
-    /// `target_modules` (names, or a regular expression that must match a whole path) select no site.
-    #[error(
-        "target_modules {targets} match no adapter site of this T5 (sites are paths such as \
-         `encoder.block.0.layer.0.SelfAttention.q`; a regular expression must match the whole path)"
-    )]
-    NoTargetSite { targets: String },
     /// An input tensor's shape does not fit the others (or is empty).
     #[error("`{name}` has shape {found:?}, expected {expected}")]
     InputShape {

@@ -30,6 +30,4 @@ pub use loader::{
     CONFIG_FILE, PYTORCH_WEIGHTS_FILE, PYTORCH_WEIGHTS_INDEX_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
     has_weights,
 };
-pub use t5::{
-    EncoderOutput, IGNORE_INDEX, Seq2SeqLmOutput, T5ForConditionalGeneration, relative_position_bucket,
-};
+pub use t5::{EncoderOutput, Seq2SeqLmOutput, T5ForConditionalGeneration, relative_position_bucket};

@@ -6,10 +6,11 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::{ParamGroup, RoutingContext, RoutingMode};
+use mhr_data::EncodedExample;
 use mhr_models::T5ForConditionalGeneration;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{TokenizedExample, TrainBatch};
+use crate::batch::seq2seq_batch;
 use crate::error::TrainError;
 use crate::metrics::cosine;
 
@@ -57,17 +58,15 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_> {
 /// the routing logits when `include_routing`), then their pairwise cosines.
 pub fn gradient_alignment<B: AutodiffBackend>(
     model: &T5ForConditionalGeneration<B>,
-    tasks: &[(String, Vec<TokenizedExample>)],
+    tasks: &[(String, Vec<EncodedExample>)],
     include_routing: bool,
 ) -> Result<GradientAlignment, TrainError>
 where
     T5ForConditionalGeneration<B>: AutodiffModule<B>,
 {
-    let device = crate::trainer::device_of(model);
-    let pad = model.config().pad_token_id;
     let mut flat = Vec::with_capacity(tasks.len());
     for (_, examples) in tasks {
-        let batch = TrainBatch::<B>::from_examples(examples, pad, &device);
+        let (batch, _) = seq2seq_batch(model, examples)?;
         let ctx = RoutingContext::new(batch.task_ids, RoutingMode::Deterministic);
         let out = model.forward(batch.input_ids, batch.attention_mask, batch.labels, &ctx)?;
         let grads = GradientsParams::from_grads(out.loss.backward(), model);

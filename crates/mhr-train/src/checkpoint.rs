@@ -46,8 +46,8 @@ pub struct Checkpointer {
     keep: usize,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io(format!("{}: {e}", path.display()))
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError {
+    TrainError::io(path)
 }
 
 impl Checkpointer {
@@ -84,17 +84,16 @@ impl Checkpointer {
             state,
         };
         for (name, bytes) in files {
-            write_atomic(tmp.join(name), bytes).map_err(|e| TrainError::Io(e.to_string()))?;
+            write_atomic(tmp.join(name), bytes).map_err(TrainError::from)?;
             manifest.files.insert(name.to_string(), crc32fast::hash(bytes));
         }
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        write_atomic(tmp.join(MANIFEST), &json).map_err(|e| TrainError::Io(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&manifest)?;
+        write_atomic(tmp.join(MANIFEST), &json).map_err(TrainError::from)?;
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
         }
         fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-        write_atomic(self.dir.join(LATEST), Self::name(step).as_bytes())
-            .map_err(|e| TrainError::Io(e.to_string()))?;
+        write_atomic(self.dir.join(LATEST), Self::name(step).as_bytes()).map_err(TrainError::from)?;
         self.prune(step)
     }
 
@@ -146,7 +145,7 @@ impl Checkpointer {
     /// verifies (with a warning on stderr naming what was refused); the first error when none does.
     pub fn load_latest_good(&self) -> Result<Option<Checkpoint>, TrainError> {
         let refused = match self.load_latest() {
-            Err(TrainError::Io(e) | TrainError::Checkpoint(e)) => e,
+            Err(e @ (TrainError::Io { .. } | TrainError::Checkpoint(_))) => e.chain(),
             loaded => return loaded,
         };
         let pointer = self.dir.join(LATEST);

@@ -2,52 +2,87 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use mhr_data::EncodedChoices;
+use mhr_data::{EncodedChoices, EncodedExample};
 
-use crate::batch::TokenizedExample;
+use crate::config::TrainConfig;
+
+/// The shape of a step's data: examples per micro-batch and micro-batches per optimiser step. Samplers take
+/// it from the stage's [`TrainConfig`], and the trainer refuses data of another shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepShape {
+    pub batch_size: usize,
+    pub micro_batches: usize,
+}
+
+impl StepShape {
+    pub fn of(config: &TrainConfig) -> Self {
+        Self {
+            batch_size: config.batch_size.max(1),
+            micro_batches: config.grad_accumulation.max(1),
+        }
+    }
+}
 
 /// Which examples each training step sees. Deterministic in `(step, micro-batch)`, so a resumed run
 /// sees exactly the batches an uninterrupted one would.
 pub trait StepData {
-    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample>;
+    fn examples(&self, step: usize, micro: usize) -> Vec<EncodedExample>;
+    fn shape(&self) -> StepShape;
 }
 
 /// [`StepData`] for multiple-choice examples (every answer choice and the gold index), the data of the
 /// T-Few objective; deterministic in `(step, micro-batch)` likewise.
 pub trait ChoiceStepData {
     fn choices(&self, step: usize, micro: usize) -> Vec<EncodedChoices>;
+    fn shape(&self) -> StepShape;
 }
 
-/// Examples generated afresh for every step from a seeded generator (an unbounded data stream).
-pub struct Generated<F: Fn(&mut StdRng) -> TokenizedExample> {
-    pub batch_size: usize,
-    pub seed: u64,
-    pub generate: F,
+/// Examples generated afresh for every micro-batch from a seeded generator (an unbounded data stream).
+pub struct Generated<F: Fn(&mut StdRng) -> EncodedExample> {
+    shape: StepShape,
+    seed: u64,
+    generate: F,
 }
 
-impl<F: Fn(&mut StdRng) -> TokenizedExample> StepData for Generated<F> {
-    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample> {
+impl<F: Fn(&mut StdRng) -> EncodedExample> Generated<F> {
+    /// Batches of `config`'s shape, drawn by `generate` from a generator seeded by `seed`, step and micro-batch.
+    pub fn new(config: &TrainConfig, seed: u64, generate: F) -> Self {
+        Self {
+            shape: StepShape::of(config),
+            seed,
+            generate,
+        }
+    }
+}
+
+impl<F: Fn(&mut StdRng) -> EncodedExample> StepData for Generated<F> {
+    fn examples(&self, step: usize, micro: usize) -> Vec<EncodedExample> {
         let mut rng = StdRng::seed_from_u64(mix(mix(self.seed, step as u64), micro as u64));
-        (0..self.batch_size).map(|_| (self.generate)(&mut rng)).collect()
+        (0..self.shape.batch_size)
+            .map(|_| (self.generate)(&mut rng))
+            .collect()
+    }
+
+    fn shape(&self) -> StepShape {
+        self.shape
     }
 }
 
 /// Epochs over a fixed example list, each in a seeded random order (drawn from the example pool without
 /// replacement, reshuffled every epoch): token examples ([`StepData`]) or multiple-choice ones
 /// ([`ChoiceStepData`]).
-pub struct ShuffledEpochs<'a, T = TokenizedExample> {
+pub struct ShuffledEpochs<'a, T = EncodedExample> {
     examples: &'a [T],
-    batch_size: usize,
-    micro_batches: usize,
+    shape: StepShape,
     seed: u64,
 }
 
 impl<'a, T: Clone> ShuffledEpochs<'a, T> {
-    pub fn new(examples: &'a [T], batch_size: usize, micro_batches: usize, seed: u64) -> Self {
+    /// Batches of `config`'s shape, in orders drawn from `seed`.
+    pub fn new(examples: &'a [T], config: &TrainConfig, seed: u64) -> Self {
         Self {
             examples,
-            batch_size: batch_size.max(1),
-            micro_batches: micro_batches.max(1),
+            shape: StepShape::of(config),
             seed,
         }
     }
@@ -65,9 +100,13 @@ impl<'a, T: Clone> ShuffledEpochs<'a, T> {
         if n == 0 {
             return Vec::new();
         }
-        let start = (step * self.micro_batches + micro) * self.batch_size;
+        let StepShape {
+            batch_size,
+            micro_batches,
+        } = self.shape;
+        let start = (step * micro_batches + micro) * batch_size;
         let mut cached: Option<(usize, Vec<usize>)> = None;
-        (start..start + self.batch_size)
+        (start..start + batch_size)
             .map(|i| {
                 let epoch = i / n;
                 if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
@@ -80,15 +119,23 @@ impl<'a, T: Clone> ShuffledEpochs<'a, T> {
     }
 }
 
-impl StepData for ShuffledEpochs<'_, TokenizedExample> {
-    fn examples(&self, step: usize, micro: usize) -> Vec<TokenizedExample> {
+impl StepData for ShuffledEpochs<'_, EncodedExample> {
+    fn examples(&self, step: usize, micro: usize) -> Vec<EncodedExample> {
         self.batch(step, micro)
+    }
+
+    fn shape(&self) -> StepShape {
+        self.shape
     }
 }
 
 impl ChoiceStepData for ShuffledEpochs<'_, EncodedChoices> {
     fn choices(&self, step: usize, micro: usize) -> Vec<EncodedChoices> {
         self.batch(step, micro)
+    }
+
+    fn shape(&self) -> StepShape {
+        self.shape
     }
 }
 
@@ -106,26 +153,39 @@ mod tests {
 
     #[test]
     fn epochs_cover_every_example_once_and_are_deterministic() {
-        let examples: Vec<TokenizedExample> = (0..10)
-            .map(|i| TokenizedExample {
+        let examples: Vec<EncodedExample> = (0..10)
+            .map(|i| EncodedExample {
                 input_ids: vec![i],
                 labels: vec![1],
                 task_id: 0,
             })
             .collect();
-        let data = ShuffledEpochs::new(&examples, 5, 1, 3);
-        let mut seen: Vec<i64> = (0..2)
+        let config = |batch_size, grad_accumulation| TrainConfig {
+            batch_size,
+            grad_accumulation,
+            ..TrainConfig::default()
+        };
+        let data = ShuffledEpochs::new(&examples, &config(5, 1), 3);
+        let mut seen: Vec<u32> = (0..2)
             .flat_map(|s| data.examples(s, 0))
             .map(|e| e.input_ids[0])
             .collect();
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
-        let again = ShuffledEpochs::new(&examples, 5, 1, 3);
+        let again = ShuffledEpochs::new(&examples, &config(5, 1), 3);
         assert_eq!(data.examples(7, 0), again.examples(7, 0));
         assert_ne!(
             data.examples(0, 0),
-            ShuffledEpochs::new(&examples, 5, 1, 4).examples(0, 0),
+            ShuffledEpochs::new(&examples, &config(5, 1), 4).examples(0, 0),
             "another seed, another order"
         );
+        // Micro-batches of a step continue the epoch: 2 × 5 examples per step cover an epoch of 10 exactly.
+        let accumulated = ShuffledEpochs::new(&examples, &config(5, 2), 3);
+        let mut step: Vec<u32> = (0..2)
+            .flat_map(|m| accumulated.examples(0, m))
+            .map(|e| e.input_ids[0])
+            .collect();
+        step.sort();
+        assert_eq!(step, (0..10).collect::<Vec<_>>());
     }
 }

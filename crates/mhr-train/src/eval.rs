@@ -1,11 +1,11 @@
 //! Evaluation of a (possibly adapted) model: whole-sequence exact match and rank classification.
 
 use burn::prelude::*;
-use mhr_core::{RoutingContext, RoutingMode};
-use mhr_data::{ChoiceBatchData, EncodedChoices};
+use mhr_core::{AdapterHost, IGNORE_INDEX, RoutingContext, RoutingMode};
+use mhr_data::{ChoiceBatchData, EncodedChoices, EncodedExample};
 use mhr_models::T5ForConditionalGeneration;
 
-use crate::batch::{IGNORE_INDEX, TokenizedExample, TrainBatch};
+use crate::batch::{pad_id, seq2seq_batch};
 use crate::error::TrainError;
 use crate::metrics::{accuracy, rank_choices};
 
@@ -16,14 +16,12 @@ use crate::metrics::{accuracy, rank_choices};
 /// correct prefix, is the next target token) at the cost of one forward pass instead of one per token.
 pub fn exact_match_teacher_forced<B: Backend>(
     model: &T5ForConditionalGeneration<B>,
-    examples: &[TokenizedExample],
+    examples: &[EncodedExample],
     batch_size: usize,
 ) -> Result<Vec<bool>, TrainError> {
-    let device = crate::trainer::device_of(model);
-    let pad = model.config().pad_token_id;
     let mut verdicts = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
-        let batch = TrainBatch::<B>::from_examples(chunk, pad, &device);
+        let (batch, _) = seq2seq_batch(model, chunk)?;
         let ctx = RoutingContext::new(batch.task_ids, RoutingMode::Deterministic);
         let out = model.forward(batch.input_ids, batch.attention_mask, batch.labels.clone(), &ctx)?;
         let [b, t, _] = out.logits.dims();
@@ -61,21 +59,16 @@ pub fn fraction(verdicts: &[bool]) -> f64 {
 /// label tokens: the validation loss of a pre-training mixture.
 pub fn mean_token_loss<B: Backend>(
     model: &T5ForConditionalGeneration<B>,
-    examples: &[TokenizedExample],
+    examples: &[EncodedExample],
     batch_size: usize,
 ) -> Result<f64, TrainError> {
-    let device = crate::trainer::device_of(model);
-    let pad = model.config().pad_token_id;
     let (mut total, mut tokens) = (0.0, 0usize);
     for chunk in examples.chunks(batch_size.max(1)) {
-        let n = chunk
-            .iter()
-            .map(|e| e.labels.iter().filter(|&&l| l != IGNORE_INDEX).count())
-            .sum::<usize>();
+        let n = chunk.iter().map(|e| e.labels.len()).sum::<usize>();
         if n == 0 {
             continue;
         }
-        let batch = TrainBatch::<B>::from_examples(chunk, pad, &device);
+        let (batch, _) = seq2seq_batch(model, chunk)?;
         let ctx = RoutingContext::new(batch.task_ids, RoutingMode::Deterministic);
         let out = model.forward(batch.input_ids, batch.attention_mask, batch.labels, &ctx)?;
         total += out.loss.into_scalar().elem::<f64>() * n as f64;
@@ -87,12 +80,6 @@ pub fn mean_token_loss<B: Backend>(
         ));
     }
     Ok(total / tokens as f64)
-}
-
-/// The model's pad id as the token id that [`ChoiceBatchData::collate`] pads with.
-pub(crate) fn choice_pad_id<B: Backend>(model: &T5ForConditionalGeneration<B>) -> Result<u32, TrainError> {
-    let pad = model.config().pad_token_id;
-    u32::try_from(pad).map_err(|_| TrainError::Config(format!("pad_token_id {pad} is not a token id")))
 }
 
 /// Rank classification of multiple-choice examples.
@@ -125,8 +112,8 @@ pub fn rank_classification<B: Backend>(
             examples[i].gold
         )));
     }
-    let device = crate::trainer::device_of(model);
-    let pad = choice_pad_id(model)?;
+    let device = model.device();
+    let pad = pad_id(model)?;
     let mut scores = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let data = ChoiceBatchData::collate(chunk, pad);

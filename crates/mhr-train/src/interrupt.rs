@@ -17,7 +17,7 @@ const SECOND_SIGINT_STATUS: i32 = 130;
 /// another pair of handlers.
 pub fn sigint_flag() -> Result<Arc<AtomicBool>, TrainError> {
     let raised = Arc::new(AtomicBool::new(false));
-    let install = |e: std::io::Error| TrainError::Io(format!("installing the SIGINT handler: {e}"));
+    let install = TrainError::Signal;
     // Registered first, so it sees the flag as the previous SIGINT left it.
     flag::register_conditional_shutdown(SIGINT, SECOND_SIGINT_STATUS, Arc::clone(&raised))
         .map_err(install)?;

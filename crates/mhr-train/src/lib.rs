@@ -2,8 +2,9 @@
 
 pub mod adafactor;
 pub mod alignment;
-pub mod batch;
+mod batch;
 pub mod checkpoint;
+mod config;
 pub mod data;
 mod error;
 pub mod eval;
@@ -13,10 +14,11 @@ pub mod methods;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
-pub mod reproduce;
+pub mod results;
 pub mod schedule;
 pub mod sni;
 pub mod t0;
 pub mod trainer;
 
+pub use config::TrainConfig;
 pub use error::TrainError;

@@ -3,8 +3,8 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::batch::IGNORE_INDEX;
 use crate::error::TrainError;
+use mhr_core::IGNORE_INDEX;
 
 /// fairseq's label-smoothed NLL (mttl's SNI loss): per token `(1 − ε)·nll + ε/V · Σ_v −log p_v`, summed
 /// over the non-ignored tokens and divided by the batch size.

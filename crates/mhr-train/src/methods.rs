@@ -4,8 +4,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use mhr_core::peft::TargetModules;
 use mhr_core::{
-    Adapter, AdapterConfig, Ia3Config, LoraConfig, Method, NewTaskRouting, RoutedLoraConfig, RoutingConfig,
-    Stage,
+    Adapter, AdapterConfig, AdapterHost, Ia3Config, LoraConfig, Method, NewTaskRouting, RoutedLoraConfig,
+    RoutingConfig, Stage,
 };
 use mhr_models::T5ForConditionalGeneration;
 use serde::{Deserialize, Serialize};

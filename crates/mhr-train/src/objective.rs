@@ -2,16 +2,14 @@
 //! only the forward pass and the loss of a micro-batch differ.
 
 use burn::prelude::*;
-use mhr_core::{RoutingContext, RoutingMode};
+use mhr_core::{AdapterHost, RoutingContext, RoutingMode};
 use mhr_data::ChoiceBatchData;
 use mhr_models::T5ForConditionalGeneration;
 
-use crate::batch::{IGNORE_INDEX, TrainBatch};
-use crate::data::{ChoiceStepData, StepData};
+use crate::batch::{pad_id, seq2seq_batch};
+use crate::data::{ChoiceStepData, StepData, StepShape};
 use crate::error::TrainError;
-use crate::eval::choice_pad_id;
 use crate::losses::{label_smoothed_nll, tfew_loss};
-use crate::trainer::device_of;
 
 /// A stage's data and loss.
 #[derive(Clone, Copy)]
@@ -41,6 +39,14 @@ pub(crate) struct MicroLoss<B: Backend> {
 }
 
 impl Objective<'_> {
+    /// The shape of the data's steps.
+    pub(crate) fn shape(&self) -> StepShape {
+        match self {
+            Self::Tokens(data) => data.shape(),
+            Self::TFew(data) => data.shape(),
+        }
+    }
+
     /// The loss of micro-batch `micro` of `step` under `mode` routing.
     pub(crate) fn micro_loss<B: Backend>(
         &self,
@@ -50,11 +56,9 @@ impl Objective<'_> {
         label_smoothing: f64,
         mode: RoutingMode,
     ) -> Result<MicroLoss<B>, TrainError> {
-        let device = device_of(model);
         match self {
             Self::Tokens(data) => {
-                let pad = model.config().pad_token_id;
-                let batch = TrainBatch::<B>::from_examples(&data.examples(step, micro), pad, &device);
+                let (batch, tokens) = seq2seq_batch(model, &data.examples(step, micro))?;
                 let ctx = RoutingContext::new(batch.task_ids, mode);
                 let out = model.forward(batch.input_ids, batch.attention_mask, batch.labels.clone(), &ctx)?;
                 let loss = if label_smoothing > 0.0 {
@@ -65,15 +69,13 @@ impl Objective<'_> {
                 Ok(MicroLoss {
                     loss,
                     terms: Vec::new(),
-                    tokens: batch.tokens,
+                    tokens,
                 })
             }
             Self::TFew(data) => {
-                let data = ChoiceBatchData::collate(&data.choices(step, micro), choice_pad_id(model)?);
-                let pairs = &data.pairs;
-                let tokens = pairs.attention_mask.iter().filter(|&&m| m == 1).count()
-                    + pairs.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
-                let batch = data.to_tensors::<B>(&device);
+                let data = ChoiceBatchData::collate(&data.choices(step, micro), pad_id(model)?);
+                let tokens = data.pairs.tokens();
+                let batch = data.to_tensors::<B>(&model.device());
                 let pairs = batch.pairs;
                 let ctx = RoutingContext::new(pairs.task_ids, mode);
                 let out = model.forward(pairs.input_ids, pairs.attention_mask, pairs.labels.clone(), &ctx)?;

@@ -13,6 +13,7 @@ use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, SimpleOptimize
 use burn::prelude::*;
 use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
+use mhr_core::ParamGroup;
 use serde::{Deserialize, Serialize};
 
 use crate::adafactor::Adafactor;
@@ -69,26 +70,6 @@ impl Default for OptimConfig {
             max_grad_norm: 0.1,
             epsilon: 1e-8,
             scale_parameter: false,
-        }
-    }
-}
-
-/// The ids of parameters whose field is `module_logits`.
-struct RoutingIds {
-    path: Vec<String>,
-    ids: HashSet<ParamId>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for RoutingIds {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if self.path.last().is_some_and(|f| f == "module_logits") {
-            self.ids.insert(param.id);
         }
     }
 }
@@ -210,15 +191,15 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TwoSpeedAdafactor<B, M> {
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>, O: SimpleOptimizer<B::InnerBackend>> TwoSpeed<B, M, O> {
     fn from_rules(main: O, routing: O, config: OptimConfig, module: &M) -> Self {
-        let mut ids = RoutingIds {
-            path: Vec::new(),
-            ids: HashSet::new(),
-        };
-        module.visit(&mut ids);
+        let routing_ids = ParamGroup::of_params(module)
+            .into_iter()
+            .filter(|(_, group)| *group == ParamGroup::Routing)
+            .map(|(id, _)| id)
+            .collect();
         Self {
             main: OptimizerAdaptor::from(main),
             routing: OptimizerAdaptor::from(routing),
-            routing_ids: ids.ids,
+            routing_ids,
             config,
         }
     }

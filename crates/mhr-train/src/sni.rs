@@ -9,14 +9,9 @@ use mhr_data::{
 };
 use mhr_models::{GenerationConfig, T5ForConditionalGeneration};
 
-use crate::batch::{TokenizedExample, TrainBatch};
+use crate::batch::seq2seq_batch;
 use crate::error::TrainError;
 use crate::metrics::{exact_match, rouge_l};
-use crate::trainer::device_of;
-
-pub(crate) fn data_error(e: mhr_data::DataError) -> TrainError {
-    TrainError::Config(e.to_string())
-}
 
 /// Every id `tokenizer` (named `shown` in the error) produces must have a row in the model's embedding.
 pub fn check_tokenizer_fits(
@@ -47,16 +42,8 @@ pub fn load_tasks(
     };
     Ok(sni
         .load(list, options)
-        .map_err(data_error)?
-        .map(|t| t.map_err(data_error)))
-}
-
-fn tokenized(e: &EncodedExample) -> TokenizedExample {
-    TokenizedExample {
-        input_ids: e.input_ids.iter().map(|&i| i64::from(i)).collect(),
-        labels: e.labels.iter().map(|&i| i64::from(i)).collect(),
-        task_id: e.task_id,
-    }
+        .map_err(TrainError::from)?
+        .map(|t| t.map_err(TrainError::from)))
 }
 
 /// Tokenises `examples` (source and first target) for routing row `task_id`.
@@ -64,15 +51,10 @@ pub fn encode_all(
     encoder: &Encoder,
     examples: &[Example],
     task_id: usize,
-) -> Result<Vec<TokenizedExample>, TrainError> {
+) -> Result<Vec<EncodedExample>, TrainError> {
     examples
         .iter()
-        .map(|e| {
-            encoder
-                .encode(e, task_id)
-                .map(|x| tokenized(&x))
-                .map_err(data_error)
-        })
+        .map(|e| encoder.encode(e, task_id).map_err(TrainError::from))
         .collect()
 }
 
@@ -82,7 +64,7 @@ pub fn encode_tasks(
     encoder: &Encoder,
     tasks: &[Task],
     index: &TaskIndex,
-) -> Result<Vec<TokenizedExample>, TrainError> {
+) -> Result<Vec<EncodedExample>, TrainError> {
     let mut encoded = Vec::new();
     for task in tasks {
         let id = index.id(&task.name).unwrap_or_default();
@@ -120,12 +102,10 @@ pub fn greedy_texts<B: Backend>(
     max_new_tokens: usize,
     batch_size: usize,
 ) -> Result<Vec<String>, TrainError> {
-    let device = device_of(model);
-    let pad = model.config().pad_token_id;
     let mut texts = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let encoded = encode_all(encoder, chunk, task_id)?;
-        let batch = TrainBatch::<B>::from_examples(&encoded, pad, &device);
+        let (batch, _) = seq2seq_batch(model, &encoded)?;
         let ctx = RoutingContext::new(batch.task_ids, RoutingMode::Deterministic);
         let generated = model.generate(
             batch.input_ids,
@@ -141,7 +121,7 @@ pub fn greedy_texts<B: Backend>(
                 .iter()
                 .map(|&i| i as u32)
                 .collect();
-            texts.push(encoder.tokenizer().decode(&tokens).map_err(data_error)?);
+            texts.push(encoder.tokenizer().decode(&tokens).map_err(TrainError::from)?);
         }
     }
     Ok(texts)

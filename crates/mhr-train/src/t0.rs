@@ -5,7 +5,6 @@
 use mhr_data::{EncodedChoices, Encoder, Example};
 
 use crate::error::TrainError;
-use crate::sni::data_error;
 
 /// Tokenises multiple-choice `examples` (source and every answer choice, with the gold index) for routing
 /// row `task_id`; an example without answer choices is an error naming it.
@@ -16,6 +15,6 @@ pub fn encode_choices(
 ) -> Result<Vec<EncodedChoices>, TrainError> {
     examples
         .iter()
-        .map(|e| encoder.encode_choices(e, task_id).map_err(data_error))
+        .map(|e| encoder.encode_choices(e, task_id).map_err(TrainError::from))
         .collect()
 }

@@ -11,8 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TASKS_FILE;
-use mhr_data::EncodedChoices;
-use mhr_train::batch::TokenizedExample;
+use mhr_data::{EncodedChoices, EncodedExample};
 use mhr_train::data::{ShuffledEpochs, mix};
 use mhr_train::objective::Objective;
 use mhr_train::sni::encode_all;
@@ -114,7 +113,7 @@ impl Args {
 /// The k training examples of an adaptation, as its objective takes them.
 enum AdaptData {
     /// An SNI task: one target each, the token loss.
-    Tokens(Vec<TokenizedExample>),
+    Tokens(Vec<EncodedExample>),
     /// A T0 dataset: every answer choice and the gold index, the T-Few loss.
     Choices(Vec<EncodedChoices>),
 }
@@ -136,19 +135,15 @@ impl BackendTask for AdaptTask {
         };
         let model = self.run.skeleton::<B>(&device)?;
         let config = &adapt.train;
-        let (batch, micro, seed) = (
-            config.batch_size,
-            config.grad_accumulation,
-            mix(config.seed, self.task_id as u64),
-        );
+        let seed = mix(config.seed, self.task_id as u64);
         let (tokens, choices);
         let objective = match &self.data {
             AdaptData::Tokens(examples) => {
-                tokens = ShuffledEpochs::new(examples, batch, micro, seed);
+                tokens = ShuffledEpochs::new(examples, config, seed);
                 Objective::from(&tokens)
             }
             AdaptData::Choices(examples) => {
-                choices = ShuffledEpochs::new(examples, batch, micro, seed);
+                choices = ShuffledEpochs::new(examples, config, seed);
                 Objective::TFew(&choices)
             }
         };

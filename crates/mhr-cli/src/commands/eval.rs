@@ -11,7 +11,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use mhr_data::{EncodedChoices, Encoder, Example};
 use mhr_train::eval::{RankClassification, rank_classification};
-use mhr_train::reproduce::{ResultRow, Results};
+use mhr_train::results::{ResultRow, Results};
 use mhr_train::sni::{GenerationScores, greedy_texts};
 use mhr_train::t0::encode_choices;
 use mhr_train::trainer::write_json;

@@ -18,18 +18,19 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use mhr_core::Method;
 use mhr_core::TaskMap;
 use mhr_core::peft::{PeftAdapter, PeftKind, TASKS_FILE, TargetModules};
+use mhr_core::{AdapterHost, Method};
 use mhr_data::{
     ByteTokenizer, Encoder, EncoderConfig, FewShotSplit, HfTokenizer, SniDir, SniPromptFormat, SniTask,
     SniTestSet, T0Dataset, T0Dir, TextTokenizer, sni_few_shot,
 };
 use mhr_models::{CONFIG_FILE, ModelError, T5Config, T5ForConditionalGeneration, has_weights};
+use mhr_train::TrainConfig;
 use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
 use mhr_train::objective::Objective;
 use mhr_train::sni::check_tokenizer_fits;
-use mhr_train::trainer::{RunDir, RunOptions, TrainConfig, load_latest, train};
+use mhr_train::trainer::{RunDir, RunOptions, load_latest, train};
 use serde::{Deserialize, Serialize};
 
 pub type Model<B> = T5ForConditionalGeneration<B>;

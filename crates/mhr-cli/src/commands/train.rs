@@ -9,8 +9,8 @@ use burn::tensor::backend::AutodiffBackend;
 use mhr_core::Method;
 use mhr_core::TaskMap;
 use mhr_core::peft::TASKS_FILE;
+use mhr_data::EncodedExample;
 use mhr_data::{SniDir, T0Dataset, TaskIndex, TaskList};
-use mhr_train::batch::TokenizedExample;
 use mhr_train::data::ShuffledEpochs;
 use mhr_train::objective::Objective;
 use mhr_train::sni::{encode_tasks, load_tasks};
@@ -169,7 +169,7 @@ struct TrainTask {
     settings: TrainSettings,
     method: Method,
     tasks: TaskMap,
-    examples: Vec<TokenizedExample>,
+    examples: Vec<EncodedExample>,
     out: PathBuf,
     stop_after: Option<usize>,
 }
@@ -182,12 +182,7 @@ impl BackendTask for TrainTask {
             .settings
             .skeleton::<B>(self.method, self.tasks.len(), &device)?;
         let train_config = &self.settings.train;
-        let sampler = ShuffledEpochs::new(
-            &self.examples,
-            train_config.batch_size,
-            train_config.grad_accumulation,
-            train_config.seed,
-        );
+        let sampler = ShuffledEpochs::new(&self.examples, train_config, train_config.seed);
         let data = Objective::from(&sampler);
         if let Some(model) = train_in_run(model, data, train_config, &self.out, self.stop_after, "train")?
             && let Some(adapter) = peft_adapter(&model, &self.tasks, &self.settings.model)?

@@ -12,7 +12,7 @@ pub use attention::{RelativePositionBias, T5Attention, relative_position_bucket}
 pub use block::{T5Block, T5LayerCrossAttention, T5LayerSelfAttention};
 pub use ff::{T5DenseActDense, T5DenseGatedActDense, T5DenseReluDense, T5LayerFF};
 pub use layer_norm::T5LayerNorm;
-pub use model::{EncoderOutput, IGNORE_INDEX, Seq2SeqLmOutput, T5ForConditionalGeneration};
+pub use model::{EncoderOutput, Seq2SeqLmOutput, T5ForConditionalGeneration};
 pub use stack::T5Stack;
 
 /// What [`T5ForConditionalGeneration::map_sites`] applies to each adapter site: HF module path and layer in,

@@ -1,16 +1,10 @@
-use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::embedding;
-use mhr_core::peft::{PeftAdapter, TargetModules};
-use mhr_core::{
-    AdaptedLinear, Adapter, AdapterConfig, PolyRouter, RoutingConfig, RoutingContext, SharedRouters,
-    SiteRouter,
-};
+use mhr_core::{AdaptedLinear, AdapterHost, IGNORE_INDEX, RoutingContext, SharedRouters};
 
 use crate::config::T5Config;
 use crate::error::ModelError;
@@ -18,9 +12,6 @@ use crate::generation::DecoderCache;
 use crate::loader::{CONFIG_FILE, Checkpoint, Init, RandomInit, WeightSource};
 use crate::t5::attention::frozen;
 use crate::t5::stack::{MASKED, T5Stack};
-
-/// Label value excluded from the loss and the log-likelihood (PyTorch's `ignore_index`).
-pub const IGNORE_INDEX: i64 = -100;
 
 /// T5 with its language-model head, as transformers' `T5ForConditionalGeneration`.
 ///
@@ -301,198 +292,6 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         logits.reshape([b, t, self.config.vocab_size])
     }
 
-    /// Rebuilds the model with `f` applied to every adapter site, in module order, with its HF path. Shared
-    /// routers that no site routes through any more (their sites got other adapters) are dropped.
-    pub fn map_sites<E>(
-        self,
-        f: impl FnMut(&str, AdaptedLinear<B>) -> Result<AdaptedLinear<B>, E>,
-    ) -> Result<Self, E> {
-        Ok(self.map_each_site(f)?.drop_unused_routers())
-    }
-
-    fn map_each_site<E>(
-        self,
-        mut f: impl FnMut(&str, AdaptedLinear<B>) -> Result<AdaptedLinear<B>, E>,
-    ) -> Result<Self, E> {
-        let encoder = self.encoder.map_sites("encoder", &mut f)?;
-        let decoder = self.decoder.map_sites("decoder", &mut f)?;
-        Ok(Self {
-            encoder,
-            decoder,
-            ..self
-        })
-    }
-
-    /// Visits every adapter site with its HF path, in module order.
-    pub fn for_each_site(&self, mut f: impl FnMut(&str, &AdaptedLinear<B>)) {
-        // One traversal serves both directions: the clone is cheap, tensors are reference-counted.
-        let Ok(_) = self.clone().map_each_site(|path, site| {
-            f(path, &site);
-            Ok::<_, Infallible>(site)
-        });
-    }
-
-    /// Keeps the shared routers some site routes through, renumbering the sites' indices.
-    fn drop_unused_routers(self) -> Self {
-        let mut used = vec![false; self.shared_routers.len()];
-        self.for_each_site(|_, site| {
-            if let Some(SiteRouter::Shared(g)) = site.adapter.as_ref().and_then(Adapter::router)
-                && let Some(u) = used.get_mut(*g)
-            {
-                *u = true;
-            }
-        });
-        if used.iter().all(|u| *u) {
-            return self;
-        }
-        let (kept, renumber) = self.shared_routers.clone().retain(&used);
-        let Ok(model) = self.map_each_site(|_, mut site| {
-            if let Some(SiteRouter::Shared(g)) = site.adapter.as_mut().and_then(Adapter::router_mut)
-                && let Some(Some(new)) = renumber.get(*g)
-            {
-                *g = *new;
-            }
-            Ok::<_, Infallible>(site)
-        });
-        Self {
-            shared_routers: kept,
-            ..model
-        }
-    }
-
-    /// Moves the routers of sites whose routing config names a shared granularity into one router per
-    /// group (see [`SharedRouters::share`]).
-    fn share_routers(self) -> Result<Self, ModelError> {
-        let mut shared = self.shared_routers.clone();
-        let model = self
-            .map_each_site(|path, site| shared.share(path, site))
-            .map_err(ModelError::from)?;
-        Ok(Self {
-            shared_routers: shared,
-            ..model
-        })
-    }
-
-    /// Applies `f` to every router once: each site's own and each shared one (one-hot Private routing, rows
-    /// for new tasks).
-    pub fn map_routers(self, mut f: impl FnMut(PolyRouter<B>) -> PolyRouter<B>) -> Self {
-        let Ok(model) = self.map_each_site(|_, mut site| {
-            if let Some(SiteRouter::Own(router)) = site.adapter.as_mut().and_then(Adapter::router_mut) {
-                *router = f(router.clone());
-            }
-            Ok::<_, Infallible>(site)
-        });
-        let shared_routers = SharedRouters {
-            routers: model.shared_routers.routers.into_iter().map(f).collect(),
-            groups: model.shared_routers.groups,
-        };
-        Self {
-            shared_routers,
-            ..model
-        }
-    }
-
-    /// Every router once, named by what it routes: a site's path for its own router, the group
-    /// (`encoder.block.0`, `decoder`, `model`) for a shared one; in module order of their first site.
-    pub fn routers(&self) -> Vec<(String, PolyRouter<B>)> {
-        let mut listed = vec![false; self.shared_routers.len()];
-        let mut routers = Vec::new();
-        self.for_each_site(
-            |path, site| match site.adapter.as_ref().and_then(Adapter::router) {
-                Some(SiteRouter::Own(router)) => routers.push((path.to_string(), router.clone())),
-                Some(SiteRouter::Shared(g)) if !listed.get(*g).copied().unwrap_or(true) => {
-                    listed[*g] = true;
-                    let group = self.shared_routers.groups[*g].clone();
-                    routers.push((group, self.shared_routers.routers[*g].clone()));
-                }
-                _ => {}
-            },
-        );
-        routers
-    }
-
-    /// Every site's adapter with its path, each owning its router: a shared router's logits are copied into
-    /// every site of its group (peft's per-layer layout; the outputs are unchanged).
-    pub fn per_layer_adapters(&self) -> Result<Vec<(String, Adapter<B>)>, ModelError> {
-        let mut adapters = Vec::new();
-        let mut error = None;
-        self.for_each_site(|path, site| {
-            if let Some(adapter) = &site.adapter {
-                match self.shared_routers.per_layer_copy(adapter) {
-                    Ok(copy) => adapters.push((path.to_string(), copy)),
-                    Err(e) => error = error.take().or(Some(e)),
-                }
-            }
-        });
-        match error {
-            Some(e) => Err(e.into()),
-            None => Ok(adapters),
-        }
-    }
-
-    /// HF module paths of all adapter sites (`encoder.block.0.layer.0.SelfAttention.q`, ...).
-    pub fn site_paths(&self) -> Vec<String> {
-        let mut paths = Vec::new();
-        self.for_each_site(|path, _| paths.push(path.to_string()));
-        paths
-    }
-
-    /// Attaches a fresh adapter to every site whose path `targets` matches (peft's `target_modules`). Targets
-    /// that match no site are an error, as in peft: a typo would otherwise train nothing. A routed adapter
-    /// whose routing granularity is shared gets its group's router (created by the group's first site).
-    pub fn with_adapters(self, targets: &TargetModules, config: &AdapterConfig) -> Result<Self, ModelError> {
-        let mut matched = 0usize;
-        let model = self
-            .map_sites(|path, site| {
-                if targets.matches(path) {
-                    matched += 1;
-                    site.with_adapter(config)
-                } else {
-                    Ok(site)
-                }
-            })
-            .map_err(ModelError::from)?;
-        if matched == 0 {
-            return Err(ModelError::NoTargetSite {
-                targets: targets.to_string(),
-            });
-        }
-        model.share_routers()
-    }
-
-    /// Puts the adapters of a peft folder on their sites; every module of the folder must be a site. peft
-    /// has per-layer routers only, so the routing is per layer whatever granularity `routing` names.
-    pub fn with_peft_adapter(
-        self,
-        adapter: &PeftAdapter,
-        routing: &RoutingConfig,
-    ) -> Result<Self, ModelError> {
-        let device = self.shared.device();
-        let mut placed = BTreeSet::new();
-        let model = self.map_sites(|path, site| {
-            match adapter.adapter_for::<B>(path, site.d_in(), site.d_out(), routing, &device)? {
-                Some(a) => {
-                    placed.insert(path.to_string());
-                    Ok::<_, ModelError>(site.set_adapter(Some(a)))
-                }
-                None => Ok(site),
-            }
-        })?;
-        match adapter.modules.keys().find(|m| !placed.contains(*m)) {
-            Some(module) => Err(ModelError::UnknownSite {
-                module: module.clone(),
-            }),
-            None => Ok(model),
-        }
-    }
-
-    /// Loads a peft adapter folder (`adapter_config.json` + `adapter_model.safetensors`) onto this model, with
-    /// peft's routing defaults; outputs then match peft's.
-    pub fn load_peft_adapter(self, dir: impl AsRef<Path>) -> Result<Self, ModelError> {
-        let adapter = PeftAdapter::load(dir)?;
-        self.with_peft_adapter(&adapter, &RoutingConfig::default())
-    }
-
     /// Checks a `[b, t]` token tensor: non-empty, ids in the vocabulary (or [`IGNORE_INDEX`] when allowed).
     fn check_tokens(
         &self,
@@ -589,6 +388,33 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
                 n_tasks: n_tasks.unwrap_or(fewest_tasks),
             }),
             None => Ok(()),
+        }
+    }
+}
+
+/// Sites are the linear layers of the blocks, named by their HF module paths.
+impl<B: Backend> AdapterHost<B> for T5ForConditionalGeneration<B> {
+    fn map_each_site<E>(
+        self,
+        mut f: impl FnMut(&str, AdaptedLinear<B>) -> Result<AdaptedLinear<B>, E>,
+    ) -> Result<Self, E> {
+        let encoder = self.encoder.map_sites("encoder", &mut f)?;
+        let decoder = self.decoder.map_sites("decoder", &mut f)?;
+        Ok(Self {
+            encoder,
+            decoder,
+            ..self
+        })
+    }
+
+    fn shared_routers(&self) -> &SharedRouters<B> {
+        &self.shared_routers
+    }
+
+    fn with_shared_routers(self, shared_routers: SharedRouters<B>) -> Self {
+        Self {
+            shared_routers,
+            ..self
         }
     }
 }

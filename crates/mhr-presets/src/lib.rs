@@ -1,0 +1,10 @@
+//! The paper's experiments and the synthetic prototype's, end to end (`cargo xtask reproduce`): each preset's
+//! settings and reference numbers, its run on `mhr-train`'s loop, and its reports and figures.
+
+pub mod plots;
+mod report;
+pub mod sni;
+pub mod synthetic;
+pub mod t0;
+
+pub use report::write_results;
