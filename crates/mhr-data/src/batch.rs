@@ -235,6 +235,8 @@ mod tests {
         assert_eq!(data.attention_mask, vec![1, 1, 1, 1, 1, 0]);
         assert_eq!(data.labels, vec![7, 1, -100, -100, 9, 10, 11, 1]);
         assert_eq!(data.task_ids, vec![2, 0]);
+        // 3 + 2 source tokens and 2 + 4 target tokens; padding does not count.
+        assert_eq!(data.tokens(), 11);
 
         let batch: Seq2SeqBatch<B> = Seq2SeqBatcher { pad_id: 0 }.batch(items, &Default::default());
         assert_eq!(batch.input_ids.dims(), [2, 3]);

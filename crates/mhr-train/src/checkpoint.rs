@@ -46,10 +46,6 @@ pub struct Checkpointer {
     keep: usize,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError {
-    TrainError::io(path)
-}
-
 impl Checkpointer {
     /// Keeps the `keep` most recent checkpoints (at least one).
     pub fn new(dir: impl Into<PathBuf>, keep: usize) -> Self {
@@ -69,15 +65,15 @@ impl Checkpointer {
         files: &[(&str, &[u8])],
         state: serde_json::Value,
     ) -> Result<(), TrainError> {
-        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        fs::create_dir_all(&self.dir).map_err(TrainError::io(&self.dir))?;
         let final_dir = self.dir.join(Self::name(step));
         let tmp = self
             .dir
             .join(format!(".{}.{}.tmp", Self::name(step), std::process::id()));
         if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+            fs::remove_dir_all(&tmp).map_err(TrainError::io(&tmp))?;
         }
-        fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        fs::create_dir_all(&tmp).map_err(TrainError::io(&tmp))?;
         let mut manifest = Manifest {
             step,
             files: BTreeMap::new(),
@@ -90,9 +86,9 @@ impl Checkpointer {
         let json = serde_json::to_vec_pretty(&manifest)?;
         write_atomic(tmp.join(MANIFEST), &json).map_err(TrainError::from)?;
         if final_dir.exists() {
-            fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+            fs::remove_dir_all(&final_dir).map_err(TrainError::io(&final_dir))?;
         }
-        fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+        fs::rename(&tmp, &final_dir).map_err(TrainError::io(&final_dir))?;
         write_atomic(self.dir.join(LATEST), Self::name(step).as_bytes()).map_err(TrainError::from)?;
         self.prune(step)
     }
@@ -104,10 +100,10 @@ impl Checkpointer {
         let excess = steps.len().saturating_sub(self.keep);
         for s in &steps[..excess] {
             let d = self.dir.join(Self::name(*s));
-            fs::remove_dir_all(&d).map_err(io(&d))?;
+            fs::remove_dir_all(&d).map_err(TrainError::io(&d))?;
         }
-        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let path = entry.map_err(io(&self.dir))?.path();
+        for entry in fs::read_dir(&self.dir).map_err(TrainError::io(&self.dir))? {
+            let path = entry.map_err(TrainError::io(&self.dir))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if name.starts_with('.') && name.ends_with(".tmp") {
                 let removed = if path.is_dir() {
@@ -115,7 +111,7 @@ impl Checkpointer {
                 } else {
                     fs::remove_file(&path)
                 };
-                removed.map_err(io(&path))?;
+                removed.map_err(TrainError::io(&path))?;
             }
         }
         Ok(())
@@ -124,7 +120,7 @@ impl Checkpointer {
     /// The steps of the checkpoint folders present, ascending.
     fn steps(&self) -> Result<Vec<usize>, TrainError> {
         let mut steps: Vec<usize> = fs::read_dir(&self.dir)
-            .map_err(io(&self.dir))?
+            .map_err(TrainError::io(&self.dir))?
             .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
             .collect();
         steps.sort_unstable();
@@ -137,7 +133,7 @@ impl Checkpointer {
         if !pointer.exists() {
             return Ok(None);
         }
-        let name = fs::read_to_string(&pointer).map_err(io(&pointer))?;
+        let name = fs::read_to_string(&pointer).map_err(TrainError::io(&pointer))?;
         self.load_dir(&self.dir.join(name.trim())).map(Some)
     }
 
@@ -149,7 +145,7 @@ impl Checkpointer {
             loaded => return loaded,
         };
         let pointer = self.dir.join(LATEST);
-        let name = fs::read_to_string(&pointer).map_err(io(&pointer))?;
+        let name = fs::read_to_string(&pointer).map_err(TrainError::io(&pointer))?;
         let latest: usize = name
             .trim()
             .strip_prefix("step-")
@@ -166,13 +162,13 @@ impl Checkpointer {
 
     fn load_dir(&self, dir: &Path) -> Result<Checkpoint, TrainError> {
         let manifest_path = dir.join(MANIFEST);
-        let bytes = fs::read(&manifest_path).map_err(io(&manifest_path))?;
+        let bytes = fs::read(&manifest_path).map_err(TrainError::io(&manifest_path))?;
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", manifest_path.display())))?;
         let mut files = BTreeMap::new();
         for (name, crc) in manifest.files {
             let path = dir.join(&name);
-            let data = fs::read(&path).map_err(io(&path))?;
+            let data = fs::read(&path).map_err(TrainError::io(&path))?;
             if crc32fast::hash(&data) != crc {
                 return Err(TrainError::Checkpoint(format!(
                     "{}: checksum mismatch (the file is corrupt)",

@@ -12,10 +12,9 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use mhr_core::IGNORE_INDEX;
 use mhr_core::io::{SafetensorsFile, write_safetensors};
 use mhr_core::peft::{PeftAdapter, PeftKind};
-use mhr_core::{AdapterHost, RoutingContext, RoutingMode};
+use mhr_core::{AdapterHost, IGNORE_INDEX, RoutingContext, RoutingMode};
 use mhr_models::hub::{Hub, ModelFiles};
 use mhr_models::{CONFIG_FILE, T5Config, T5ForConditionalGeneration};
 

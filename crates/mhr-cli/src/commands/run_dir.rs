@@ -18,9 +18,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use mhr_core::TaskMap;
 use mhr_core::peft::{PeftAdapter, PeftKind, TASKS_FILE, TargetModules};
-use mhr_core::{AdapterHost, Method};
+use mhr_core::{AdapterHost, Method, TaskMap};
 use mhr_data::{
     ByteTokenizer, Encoder, EncoderConfig, FewShotSplit, HfTokenizer, SniDir, SniPromptFormat, SniTask,
     SniTestSet, T0Dataset, T0Dir, TextTokenizer, sni_few_shot,
