@@ -152,7 +152,7 @@ impl BackendTask for SyntheticUnit {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceSpec) -> Result<()> {
         let base = synthetic::cached_base::<B>(&self.settings, &self.out, &device)?;
-        let outcome = synthetic::run_unit::<B>(&self.settings, &base, &self.out, &device)?;
+        let outcome = synthetic::run_unit::<B>(&self.settings, &base, &self.out)?;
         let path = synthetic::unit_outcome_path(&self.out, &self.settings);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -265,7 +265,8 @@ fn synthetic_in_processes(
     Ok(())
 }
 
-/// The preset's settings with the fields of `--settings FILE.json` replacing theirs (unknown fields: an error).
+/// The preset's settings with the fields of `--settings FILE.json` set over theirs (nested fields one by one;
+/// unknown fields: an error).
 fn overlay<T: serde::Serialize + serde::de::DeserializeOwned>(
     preset: T,
     path: Option<&PathBuf>,
@@ -273,13 +274,7 @@ fn overlay<T: serde::Serialize + serde::de::DeserializeOwned>(
     let Some(path) = path else { return Ok(preset) };
     let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
-    let overrides: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&text).map_err(|e| fail(&e))?;
-    let mut merged = serde_json::to_value(preset)?;
-    if let serde_json::Value::Object(fields) = &mut merged {
-        fields.extend(overrides);
-    }
-    serde_json::from_value(merged).map_err(|e| fail(&e))
+    mhr_presets::with_overrides(preset, &text).map_err(|e| fail(&e))
 }
 
 /// A preset's model folder and tokenizer, fetched through the Hub when given as a repo id.

@@ -8,7 +8,6 @@
 //! - `paper-sni`: T5-XL-LM-adapt with the paper's SNI hyper-parameters (PAPER.md §2.3–2.4), for GPU machines.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use burn::module::AutodiffModule;
 use burn::prelude::Backend;
@@ -16,27 +15,30 @@ use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TargetModules;
 use mhr_core::{Method, RoutingConfig};
 use mhr_data::{
-    ByteTokenizer, Encoder, EncoderConfig, Example, HfTokenizer, SniDir, SniPromptFormat, SniTestSet, Task,
-    TaskIndex, TaskList, TextTokenizer, sni_few_shot,
+    Encoder, EncoderConfig, Example, SniDir, SniPromptFormat, SniTestSet, Task, TaskIndex, TaskList,
+    sni_few_shot,
 };
 use mhr_models::{T5Config, T5ForConditionalGeneration};
 use serde::{Deserialize, Serialize};
 
 use mhr_train::TrainConfig;
 use mhr_train::TrainError;
-use mhr_train::data::{ShuffledEpochs, mix};
-use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
+use mhr_train::methods::AdapterSizes;
 use mhr_train::optim::OptimConfig;
+use mhr_train::pipeline::{
+    StageData, StageSeeds, TestSet, adaptation_model, evaluate, pretraining_model, train_stage,
+};
 use mhr_train::results::{ResultRow, Results};
+use mhr_train::schedule::Schedule;
+use mhr_train::sni::{encode_all, encode_tasks, load_tokenizer};
+use mhr_train::trainer::{RunOptions, write_json};
 
 use crate::report::write_results;
-use mhr_train::schedule::Schedule;
-use mhr_train::sni::{check_tokenizer_fits, encode_all, encode_tasks, score_generations};
-use mhr_train::trainer::{RunOptions, train, write_json};
 
 type Model<B> = T5ForConditionalGeneration<B>;
 
-/// Everything a preset fixes; `--settings FILE.json` overrides any field of the chosen preset.
+/// Everything a preset fixes; `--settings FILE.json` overrides any field of the chosen preset (nested fields one by
+/// one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SniSettings {
@@ -51,9 +53,6 @@ pub struct SniSettings {
     pub train_tasks: usize,
     pub eval_tasks: usize,
     pub instances_per_task: usize,
-    pub pre_steps: usize,
-    pub ft_steps: usize,
-    pub batch: usize,
     pub k: usize,
     pub n_test: usize,
     pub max_source_len: usize,
@@ -63,22 +62,43 @@ pub struct SniSettings {
     pub methods: Vec<String>,
     /// Adapted linear layers (peft `target_modules` names).
     pub targets: Vec<String>,
-    pub lora_rank: usize,
-    pub poly_rank: usize,
-    pub n_skills: usize,
-    pub mhr_heads: usize,
-    /// Peak learning rate of adapters.
-    pub lr: f64,
-    /// Peak learning rate of the whole model for `full-ft`.
+    pub adapter: AdapterSizes,
+    /// Multi-task pre-training; its random streams come from each seed (`seed` is not read).
+    pub pretraining: TrainConfig,
+    /// Few-shot adaptation of each held-out task, at most k examples per step.
+    pub adaptation: TrainConfig,
+    /// Peak learning rate of the whole model for `full-ft`, in both stages (`optim.lr` is the adapters').
     pub full_ft_lr: f64,
-    /// Peak learning rate of routing logits.
-    pub routing_lr: f64,
-    pub max_grad_norm: f64,
 }
 
 impl Default for SniSettings {
     fn default() -> Self {
         Self::smoke()
+    }
+}
+
+/// A stage of mttl's SNI recipe: AdamW, 6 % linear warm-up then decay to 0, label smoothing 0.1, logits at lr
+/// 0.1, twenty log lines.
+fn stage(steps: usize, lr: f64, max_grad_norm: f64) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 8,
+        grad_accumulation: 1,
+        optim: OptimConfig {
+            lr,
+            routing_lr: 0.1,
+            max_grad_norm,
+            ..OptimConfig::default()
+        },
+        schedule: Schedule::Linear {
+            warmup_fraction: 0.06,
+            floor: 0.0,
+        },
+        label_smoothing: 0.1,
+        sampled_routing: true,
+        log_every: (steps / 20).max(1),
+        checkpoint_every: 0,
+        ..TrainConfig::default()
     }
 }
 
@@ -92,9 +112,6 @@ impl SniSettings {
             train_tasks: 6,
             eval_tasks: 2,
             instances_per_task: 164,
-            pre_steps: 12,
-            ft_steps: 4,
-            batch: 8,
             k: 8,
             n_test: 4,
             max_source_len: 96,
@@ -102,14 +119,17 @@ impl SniSettings {
             seeds: vec![13],
             methods: METHODS.iter().map(|m| m.to_string()).collect(),
             targets: ALL_LINEAR.map(String::from).to_vec(),
-            lora_rank: 4,
-            poly_rank: 4,
-            n_skills: 4,
-            mhr_heads: 4,
-            lr: 1e-2,
+            adapter: AdapterSizes {
+                lora_rank: 4,
+                lora_alpha: 1.0,
+                poly_rank: 4,
+                n_skills: 4,
+                mhr_heads: 4,
+                routing: RoutingConfig::default(),
+            },
+            pretraining: stage(12, 1e-2, 1.0),
+            adaptation: stage(4, 1e-2, 1.0),
             full_ft_lr: 1e-2,
-            routing_lr: 0.1,
-            max_grad_norm: 1.0,
         }
     }
 
@@ -124,23 +144,23 @@ impl SniSettings {
             train_tasks: usize::MAX,
             eval_tasks: usize::MAX,
             instances_per_task: 1000,
-            pre_steps: 2000,
-            ft_steps: 300,
-            batch: 8,
             k: 32,
             n_test: 100,
             max_source_len: 512,
             max_target_len: 64,
             seeds: vec![13, 42, 58],
             targets: ATTENTION.map(String::from).to_vec(),
-            lora_rank: 8,
-            poly_rank: 8,
-            n_skills: 8,
-            mhr_heads: 8,
-            lr: 1e-3,
+            adapter: AdapterSizes {
+                lora_rank: 8,
+                lora_alpha: 1.0,
+                poly_rank: 8,
+                n_skills: 8,
+                mhr_heads: 8,
+                routing: RoutingConfig::default(),
+            },
+            pretraining: stage(2000, 1e-3, 0.1),
+            adaptation: stage(300, 1e-3, 0.1),
             full_ft_lr: 5e-5,
-            routing_lr: 0.1,
-            max_grad_norm: 0.1,
             ..Self::smoke()
         }
     }
@@ -150,17 +170,30 @@ impl SniSettings {
     /// `sni` with the lists as `subset/{train,eval}_tasks.txt`. The MHR head count of the SNI runs is not
     /// documented; 8 is used.
     pub fn paper_sni(model: PathBuf, tokenizer: Option<PathBuf>) -> Self {
+        let small = Self::sni_small(model, tokenizer);
         Self {
             preset: "paper-sni".into(),
             instances_per_task: 1000,
-            pre_steps: 25_000,
-            ft_steps: 1000,
             max_source_len: 1024,
             max_target_len: 128,
-            lora_rank: 16,
-            poly_rank: 16,
-            ..Self::sni_small(model, tokenizer)
+            adapter: AdapterSizes {
+                lora_rank: 16,
+                poly_rank: 16,
+                ..small.adapter.clone()
+            },
+            pretraining: stage(25_000, 1e-3, 0.1),
+            adaptation: stage(1000, 1e-3, 0.1),
+            ..small
         }
+    }
+
+    /// `config` for `method`: full fine-tuning trains the whole model at `full_ft_lr`.
+    fn for_method(&self, config: &TrainConfig, method: Method) -> TrainConfig {
+        let mut config = config.clone();
+        if method == Method::FullFinetune {
+            config.optim.lr = self.full_ft_lr;
+        }
+        config
     }
 }
 
@@ -186,36 +219,6 @@ fn random_model_config() -> T5Config {
 fn load_tasks(sni: &SniDir, list: &Path, n: usize, max: usize) -> Result<Vec<Task>, TrainError> {
     let list = TaskList::read(list).map_err(TrainError::from)?;
     mhr_train::sni::load_tasks(sni, &list, max)?.take(n).collect()
-}
-
-fn config(settings: &SniSettings, steps: usize, batch_size: usize, lr: f64, seed: u64) -> TrainConfig {
-    TrainConfig {
-        steps,
-        batch_size,
-        grad_accumulation: 1,
-        optim: OptimConfig {
-            lr,
-            routing_lr: settings.routing_lr,
-            max_grad_norm: settings.max_grad_norm,
-            ..OptimConfig::default()
-        },
-        schedule: Schedule::Linear {
-            warmup_fraction: 0.06,
-            floor: 0.0,
-        },
-        seed,
-        label_smoothing: 0.1,
-        sampled_routing: true,
-        log_every: (steps / 20).max(1),
-        checkpoint_every: 0,
-    }
-}
-
-fn tokenizer(settings: &SniSettings) -> Result<Arc<dyn TextTokenizer>, TrainError> {
-    Ok(match &settings.tokenizer {
-        Some(path) => Arc::new(HfTokenizer::from_file(path).map_err(TrainError::from)?),
-        None => Arc::new(ByteTokenizer),
-    })
 }
 
 /// The preset's base model for `seed`: a clone of the loaded checkpoint, or a random T5 drawn from `seed`.
@@ -265,16 +268,7 @@ where
     )?;
     // mttl's SNI task ids: the sorted union, so held-out tasks have routing rows that pre-training never touches.
     let index = TaskIndex::sorted(train_tasks.iter().chain(&eval_tasks).map(|t| t.name.clone()));
-    let sizes = AdapterSizes {
-        lora_rank: settings.lora_rank,
-        lora_alpha: 1.0,
-        poly_rank: settings.poly_rank,
-        n_skills: settings.n_skills,
-        mhr_heads: settings.mhr_heads,
-        routing: RoutingConfig::default(),
-    };
     let targets = TargetModules::Names(settings.targets.clone());
-    let tokenizer = tokenizer(settings)?;
     let loaded = settings
         .model
         .as_ref()
@@ -283,11 +277,7 @@ where
     let vocab_size = loaded
         .as_ref()
         .map_or_else(|| random_model_config().vocab_size, |m| m.config().vocab_size);
-    let shown = settings
-        .tokenizer
-        .as_ref()
-        .map_or("byte".into(), |p| p.display().to_string());
-    check_tokenizer_fits(tokenizer.as_ref(), &shown, vocab_size)?;
+    let tokenizer = load_tokenizer(settings.tokenizer.as_deref(), vocab_size)?;
     let encoder = Encoder::new(
         tokenizer,
         EncoderConfig {
@@ -298,24 +288,19 @@ where
     )
     .map_err(TrainError::from)?;
     let train_set = encode_tasks(&encoder, &train_tasks, &index)?;
+    let sizes = &settings.adapter;
     let mut rows = Vec::new();
     for &seed in &settings.seeds {
         for &method in &methods {
-            let lr = if method == Method::FullFinetune {
-                settings.full_ft_lr
-            } else {
-                settings.lr
-            };
             let base = base_model(loaded.as_ref(), seed, device)?;
-            B::seed(device, seed);
-            let model = attach_pretraining(base, method, &sizes, &targets, index.len())?;
-            let pre_config = config(settings, settings.pre_steps, settings.batch, lr, seed);
-            let sampler = ShuffledEpochs::new(&train_set, &pre_config, seed);
+            let seeds = StageSeeds::pretraining(seed);
+            let model = pretraining_model(base, method, sizes, &targets, index.len(), seeds)?;
             let label = format!("{method} pre-training, seed {seed}");
-            let (pretrained, _) = train(
+            let (pretrained, _) = train_stage(
                 model,
-                &sampler,
-                &pre_config,
+                StageData::Tokens(&train_set),
+                &settings.for_method(&settings.pretraining, method),
+                seeds,
                 &RunOptions {
                     label: &label,
                     ..Default::default()
@@ -326,35 +311,32 @@ where
                 let split =
                     sni_few_shot(task, SniTestSet::First(100), settings.k, seed).map_err(TrainError::from)?;
                 let few = encode_all(&encoder, &split.train, id)?;
-                let model = prepare_adaptation(pretrained.clone(), method, &sizes)?;
-                let batch = settings.batch.min(few.len().max(1));
-                let ft_config = config(settings, settings.ft_steps, batch, lr, seed);
-                let sampler = ShuffledEpochs::new(&few, &ft_config, mix(seed, id as u64));
-                let (adapted, _) = train(
+                let seeds = StageSeeds::adaptation(seed, id);
+                let model = adaptation_model(pretrained.clone(), method, sizes, seeds)?;
+                let mut config = settings.for_method(&settings.adaptation, method);
+                config.batch_size = config.batch_size.min(few.len().max(1));
+                let (adapted, _) = train_stage(
                     model,
-                    &sampler,
-                    &ft_config,
-                    &RunOptions {
-                        label: "",
-                        ..Default::default()
-                    },
+                    StageData::Tokens(&few),
+                    &config,
+                    seeds,
+                    &RunOptions::default(),
                 )?;
                 let test: Vec<Example> = split.test.iter().take(settings.n_test).cloned().collect();
-                let scores = score_generations(
-                    &adapted.valid(),
-                    &encoder,
-                    &test,
-                    id,
-                    settings.max_target_len,
-                    test.len().min(32),
-                )?;
+                let test_set = TestSet::Generations {
+                    encoder: &encoder,
+                    examples: &test,
+                    task_id: id,
+                    max_new_tokens: settings.max_target_len,
+                };
+                let score = evaluate(&adapted.valid(), test_set, test.len().min(32))?;
                 rows.push(ResultRow {
                     method: method.name().into(),
                     task: task.name.clone(),
                     k: settings.k,
                     seed,
-                    metric: "rouge_l".into(),
-                    value: scores.rouge_l,
+                    metric: score.metric.into(),
+                    value: score.value,
                 });
             }
             eprintln!("{}: {method}, seed {seed} done", settings.preset);

@@ -23,20 +23,22 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::plots::{self, Heatmap};
 use mhr_train::TrainConfig;
 use mhr_train::TrainError;
 use mhr_train::alignment::{GradientAlignment, gradient_alignment};
-use mhr_train::data::{Generated, ShuffledEpochs, mix};
-use mhr_train::eval::{exact_match_teacher_forced, fraction};
-use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
+use mhr_train::data::mix;
+use mhr_train::methods::AdapterSizes;
 use mhr_train::metrics::{mean_std, spearman};
 use mhr_train::optim::OptimConfig;
+use mhr_train::pipeline::{
+    StageData, StageSeeds, TestSet, adaptation_model, evaluate, pretraining_model, train_stage,
+};
 use mhr_train::results::{ResultRow, Results};
-
-use crate::report::write_results;
 use mhr_train::schedule::Schedule;
-use mhr_train::trainer::{RunOptions, train, write_json};
+use mhr_train::trainer::{RunOptions, write_json};
+
+use crate::plots::{self, Heatmap};
+use crate::report::write_results;
 
 type Model<B> = T5ForConditionalGeneration<B>;
 /// A training-loss curve: (step, loss).
@@ -60,20 +62,19 @@ pub struct SyntheticSettings {
     pub split_seed: u64,
     pub methods: Vec<String>,
     pub ks: Vec<usize>,
+    /// Stage 1: the base model's own training, from scratch on the atomic skills (100 warm-up steps).
     pub base_steps: usize,
     pub base_batch: usize,
     pub base_lr: f64,
-    pub pre_steps: usize,
-    pub pre_batch: usize,
-    pub pre_lr: f64,
-    pub routing_lr: f64,
-    pub lora_rank: usize,
+    /// Adapter sizes: the LoRA rank of shared LoRA and LoRA from scratch; Poly's and MHR's rank, skills and heads.
+    pub adapter: AdapterSizes,
+    /// The rank of `lora-r64`, which matches Poly's parameter count (capacity ruled out as the explanation).
     pub lora_big_rank: usize,
-    pub poly_rank: usize,
-    pub n_skills: usize,
-    pub mhr_heads: usize,
-    pub ft_steps: usize,
-    pub ft_lr: f64,
+    /// Stage 2: multi-task pre-training on the training tasks.
+    pub pretraining: TrainConfig,
+    /// Stage 3: few-shot adaptation to each held-out task, at most k examples per step. LoRA from scratch trains
+    /// at the pre-training learning rate.
+    pub adaptation: TrainConfig,
     pub n_test: usize,
 }
 
@@ -88,17 +89,17 @@ impl Default for SyntheticSettings {
             base_steps: 2000,
             base_batch: 64,
             base_lr: 2e-3,
-            pre_steps: 1000,
-            pre_batch: 64,
-            pre_lr: 5e-3,
-            routing_lr: 0.1,
-            lora_rank: 16,
+            adapter: AdapterSizes {
+                lora_rank: 16,
+                lora_alpha: 1.0,
+                poly_rank: 8,
+                n_skills: 8,
+                mhr_heads: 4,
+                routing: RoutingConfig::default(),
+            },
             lora_big_rank: 64,
-            poly_rank: 8,
-            n_skills: 8,
-            mhr_heads: 4,
-            ft_steps: 50,
-            ft_lr: 2e-3,
+            pretraining: stage(1000, 64, 5e-3),
+            adaptation: stage(50, 32, 2e-3),
             n_test: 100,
         }
     }
@@ -237,7 +238,7 @@ impl MethodPlan {
 }
 
 fn plan(name: &str, settings: &SyntheticSettings) -> Result<MethodPlan, TrainError> {
-    let (rank, big) = (settings.lora_rank, settings.lora_big_rank);
+    let (rank, big) = (settings.adapter.lora_rank, settings.lora_big_rank);
     let p = |method, lora_rank, from_scratch| {
         Ok(MethodPlan {
             method,
@@ -261,11 +262,71 @@ fn plan(name: &str, settings: &SyntheticSettings) -> Result<MethodPlan, TrainErr
 fn sizes(settings: &SyntheticSettings, lora_rank: usize) -> AdapterSizes {
     AdapterSizes {
         lora_rank,
-        lora_alpha: 1.0,
-        poly_rank: settings.poly_rank,
-        n_skills: settings.n_skills,
-        mhr_heads: settings.mhr_heads,
-        routing: RoutingConfig::default(),
+        ..settings.adapter.clone()
+    }
+}
+
+/// Every random stream of the preset, named: the stages' [`StageSeeds`] and the seeds of the example lists it
+/// draws. `base` is the base seed, `split` the split seed; few-shot draws also depend on the few-shot seed.
+struct SeedStreams {
+    base: u64,
+    split: u64,
+}
+
+impl SeedStreams {
+    fn of(settings: &SyntheticSettings) -> Self {
+        Self {
+            base: settings.base_seed,
+            split: settings.split_seed,
+        }
+    }
+
+    /// Stage 1: the base model's initialisation and its generated skill examples.
+    fn base_stage(&self) -> StageSeeds {
+        StageSeeds {
+            init: mix(self.base, 1),
+            steps: self.base,
+            batches: mix(self.base, 11),
+        }
+    }
+
+    /// The examples on which the base model's atomic-skill exact match is measured (the same for every skill).
+    fn atomic_test(&self) -> u64 {
+        777
+    }
+
+    /// Stage 2 of every family: new adapters, routing noise and the generated task examples.
+    fn pretraining(&self) -> StageSeeds {
+        StageSeeds {
+            init: mix(self.split, 2),
+            steps: self.split,
+            batches: mix(self.split, 99),
+        }
+    }
+
+    /// The examples of training task `task` on which stage 2's gradient alignment is probed.
+    fn alignment_probe(&self, task: usize) -> u64 {
+        mix(self.split, 4242 + task as u64)
+    }
+
+    /// Stage 3 of held-out task `task` under few-shot `seed`: the weights of a from-scratch adapter, routing
+    /// noise and batch order.
+    fn adaptation(&self, seed: u64, task: usize) -> StageSeeds {
+        StageSeeds {
+            init: mix(seed, 3 + task as u64),
+            steps: mix(seed, task as u64),
+            batches: mix(seed, 17 + task as u64),
+        }
+    }
+
+    /// The k training examples of held-out task `task` under few-shot `seed`.
+    fn few_shot(&self, seed: u64, task: usize, k: usize) -> u64 {
+        5000 + 31 * task as u64 + k as u64 + 7 * seed
+    }
+
+    /// The test examples of held-out task `task` (the same under every seed).
+    fn test(&self, task: usize) -> u64 {
+        9000 + task as u64
     }
 }
 
@@ -352,10 +413,11 @@ pub fn cached_base<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Model<B>, TrainError> {
     let seed = settings.base_seed;
+    let seeds = SeedStreams::of(settings).base_stage();
     let dir = cache.join("base");
     let config = base_config();
     let key = serde_json::json!({"steps": settings.base_steps, "batch": settings.base_batch, "lr": settings.base_lr, "seed": seed});
-    B::seed(device, mix(seed, 1));
+    B::seed(device, seeds.init);
     let fresh = Model::<B>::new(&config, device)?;
     let model_path = dir.join("model.mpk");
     let cached_key = std::fs::read(dir.join("settings.json"))
@@ -373,42 +435,30 @@ pub fn cached_base<B: AutodiffBackend>(
         return Ok(fresh.load_record(record));
     }
     let model = Method::FullFinetune.trainable(Stage::Pretrain).apply(fresh);
-    let skills = Skill::ALL;
-    let config_train = TrainConfig {
-        steps: settings.base_steps,
-        batch_size: settings.base_batch,
-        grad_accumulation: 1,
-        optim: OptimConfig {
-            lr: settings.base_lr,
-            routing_lr: settings.routing_lr,
-            weight_decay: 0.0,
-            routing_weight_decay: 0.0,
-            max_grad_norm: 1.0,
-            epsilon: 1e-8,
-            ..OptimConfig::default()
-        },
-        schedule: Schedule::Linear {
-            warmup_fraction: 100.0 / settings.base_steps.max(100) as f64,
-            floor: 0.05,
-        },
-        seed,
-        label_smoothing: 0.0,
-        sampled_routing: false,
-        log_every: 50,
-        checkpoint_every: 0,
+    // The prototype's stage 1: 100 warm-up steps, then linear decay to 5 %, clipped at 1, no routing to sample.
+    let mut config_train = stage(settings.base_steps, settings.base_batch, settings.base_lr);
+    config_train.optim.max_grad_norm = 1.0;
+    config_train.schedule = Schedule::Linear {
+        warmup_fraction: 100.0 / settings.base_steps.max(100) as f64,
+        floor: 0.05,
     };
-    let data = Generated::new(&config_train, mix(seed, 11), |rng: &mut StdRng| {
+    config_train.sampled_routing = false;
+    config_train.log_every = 50;
+    let skills = Skill::ALL;
+    let generate = |rng: &mut StdRng| {
         let skill = skills[rng.random_range(0..skills.len())];
         skill_example(skill, rng).expect("letters of the alphabet always encode")
-    });
-    let (model, _) = train(
+    };
+    let options = RunOptions {
+        label: "stage 1 base",
+        ..Default::default()
+    };
+    let (model, _) = train_stage(
         model,
-        &data,
+        StageData::Stream(&generate),
         &config_train,
-        &RunOptions {
-            label: "stage 1 base",
-            ..Default::default()
-        },
+        seeds,
+        &options,
     )?;
     let model = Method::FullFinetune.trainable(Stage::Pretrain).apply(model);
     let frozen = mhr_core::TrainableSet {
@@ -424,14 +474,16 @@ pub fn cached_base<B: AutodiffBackend>(
     Ok(frozen)
 }
 
-fn stage_config(steps: usize, batch: usize, lr: f64, routing_lr: f64, seed: u64) -> TrainConfig {
+/// A stage of the prototype: AdamW (ε 1e-8) without weight decay or clipping, a constant learning rate, logits at
+/// lr 0.1, plain cross entropy, a log line every 10 steps.
+fn stage(steps: usize, batch_size: usize, lr: f64) -> TrainConfig {
     TrainConfig {
         steps,
-        batch_size: batch,
+        batch_size,
         grad_accumulation: 1,
         optim: OptimConfig {
             lr,
-            routing_lr,
+            routing_lr: 0.1,
             weight_decay: 0.0,
             routing_weight_decay: 0.0,
             max_grad_norm: 0.0,
@@ -439,11 +491,11 @@ fn stage_config(steps: usize, batch: usize, lr: f64, routing_lr: f64, seed: u64)
             ..OptimConfig::default()
         },
         schedule: Schedule::Constant,
-        seed,
         label_smoothing: 0.0,
         sampled_routing: true,
         log_every: 10,
         checkpoint_every: 0,
+        ..TrainConfig::default()
     }
 }
 
@@ -705,11 +757,11 @@ where
     let atomic: Vec<f64> = Skill::ALL
         .iter()
         .map(|&skill| {
-            let mut rng = StdRng::seed_from_u64(777);
+            let mut rng = StdRng::seed_from_u64(SeedStreams::of(settings).atomic_test());
             let ex: Vec<EncodedExample> = (0..100)
                 .map(|_| skill_example(skill, &mut rng))
                 .collect::<Result<_, _>>()?;
-            Ok(fraction(&exact_match_teacher_forced(&base.valid(), &ex, 100)?))
+            Ok(evaluate(&base.valid(), TestSet::Targets(&ex), 100)?.value)
         })
         .collect::<Result<_, TrainError>>()?;
     eprintln!(
@@ -732,7 +784,7 @@ where
     Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
 {
     let base = prepare::<B>(settings, out, device)?;
-    let outcome = run_unit::<B>(settings, &base, out, device)?;
+    let outcome = run_unit::<B>(settings, &base, out)?;
     assemble(settings, &[outcome], out)
 }
 
@@ -743,7 +795,6 @@ pub fn run_unit<B: AutodiffBackend>(
     settings: &SyntheticSettings,
     base: &Model<B>,
     out: &Path,
-    device: &B::Device,
 ) -> Result<UnitOutcome, TrainError>
 where
     Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
@@ -760,8 +811,8 @@ where
         alignment: BTreeMap::new(),
     };
     let clock = Instant::now();
-    let split_seed = settings.split_seed;
-    let split = suite.split(split_seed);
+    let seeds = SeedStreams::of(settings);
+    let split = suite.split(settings.split_seed);
 
     // Stage 2: one multi-task pre-training per family used by the requested methods.
     let mut keys: Vec<(Method, usize)> = plans
@@ -774,30 +825,25 @@ where
     let mut pretrained: Vec<((Method, usize), Model<B>)> = Vec::new();
     let train_tasks: Vec<ComposedTask> = split.train.iter().map(|&t| suite.tasks()[t].clone()).collect();
     for (method, rank) in keys {
-        B::seed(device, mix(split_seed, 2));
-        let model = attach_pretraining(base.clone(), method, &sizes(settings, rank), &targets(), n_tasks)?;
+        let sizes = sizes(settings, rank);
+        let stage_seeds = seeds.pretraining();
+        let model = pretraining_model(base.clone(), method, &sizes, &targets(), n_tasks, stage_seeds)?;
         let tasks = &train_tasks;
-        let cfg = stage_config(
-            settings.pre_steps,
-            settings.pre_batch,
-            settings.pre_lr,
-            settings.routing_lr,
-            split_seed,
-        );
-        let data = Generated::new(&cfg, mix(split_seed, 99), |rng: &mut StdRng| {
+        let generate = |rng: &mut StdRng| {
             let task = &tasks[rng.random_range(0..tasks.len())];
             task_example(task, rng).expect("letters of the alphabet always encode")
-        });
+        };
         let family = if method == Method::Lora {
             format!("lora-r{rank}")
         } else {
             method.name().to_string()
         };
         let label = format!("stage 2 {family}");
-        let (model, trained) = train(
+        let (model, trained) = train_stage(
             model,
-            &data,
-            &cfg,
+            StageData::Stream(&generate),
+            &settings.pretraining,
+            stage_seeds,
             &RunOptions {
                 label: &label,
                 ..Default::default()
@@ -810,7 +856,7 @@ where
             .take(ALIGNMENT_TASKS)
             .map(|&t| {
                 let task = &suite.tasks()[t];
-                let examples = task_examples(task, ALIGNMENT_EXAMPLES, mix(split_seed, 4242 + t as u64))?;
+                let examples = task_examples(task, ALIGNMENT_EXAMPLES, seeds.alignment_probe(t))?;
                 Ok((task.name().to_string(), examples))
             })
             .collect::<Result<_, TrainError>>()?;
@@ -832,7 +878,7 @@ where
             routing.write_figure(
                 &out.join(format!("routing_{}.svg", method.name())),
                 method.name(),
-                settings.n_skills,
+                settings.adapter.n_skills,
                 &suite,
                 &split.train,
             )?;
@@ -858,16 +904,11 @@ where
             let mut scores = Vec::new();
             for &t in &split.held_out {
                 let task = &suite.tasks()[t];
-                let train_set = task_examples(task, k, 5000 + 31 * t as u64 + k as u64 + 7 * seed)?;
+                let train_set = task_examples(task, k, seeds.few_shot(seed, t, k))?;
+                let stage_seeds = seeds.adaptation(seed, t);
+                let sizes = sizes(settings, p.lora_rank);
                 let model = if p.from_scratch {
-                    B::seed(device, mix(seed, 3 + t as u64));
-                    attach_pretraining(
-                        base.clone(),
-                        p.method,
-                        &sizes(settings, p.lora_rank),
-                        &targets(),
-                        n_tasks,
-                    )?
+                    pretraining_model(base.clone(), p.method, &sizes, &targets(), n_tasks, stage_seeds)?
                 } else {
                     let key = p.pretraining_key();
                     pretrained
@@ -876,32 +917,16 @@ where
                         .map(|(_, m)| m.clone())
                         .ok_or_else(|| TrainError::Config(format!("no pre-trained model for {name}")))?
                 };
-                let model = prepare_adaptation(model, p.method, &sizes(settings, p.lora_rank))?;
-                let lr = if p.from_scratch {
-                    settings.pre_lr
-                } else {
-                    settings.ft_lr
-                };
-                let batch = k.min(32);
-                let cfg = stage_config(
-                    settings.ft_steps,
-                    batch,
-                    lr,
-                    settings.routing_lr,
-                    mix(seed, t as u64),
-                );
-                let sampler = ShuffledEpochs::new(&train_set, &cfg, mix(seed, 17 + t as u64));
-                let (model, _) = train(
-                    model,
-                    &sampler,
-                    &cfg,
-                    &RunOptions {
-                        label: "",
-                        ..Default::default()
-                    },
-                )?;
-                let test = task_examples(task, settings.n_test, 9000 + t as u64)?;
-                let em = fraction(&exact_match_teacher_forced(&model.valid(), &test, 100)?);
+                let model = adaptation_model(model, p.method, &sizes, stage_seeds)?;
+                let mut config = settings.adaptation.clone();
+                config.batch_size = config.batch_size.min(k);
+                if p.from_scratch {
+                    config.optim.lr = settings.pretraining.optim.lr;
+                }
+                let data = StageData::Tokens(&train_set);
+                let (model, _) = train_stage(model, data, &config, stage_seeds, &RunOptions::default())?;
+                let test = task_examples(task, settings.n_test, seeds.test(t))?;
+                let em = evaluate(&model.valid(), TestSet::Targets(&test), 100)?.value;
                 scores.push(em);
                 outcome.rows.push(ResultRow {
                     method: name.clone(),

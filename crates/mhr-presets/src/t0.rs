@@ -8,33 +8,30 @@
 //! is a [`T0Dir`] (the shipped `data/t0eval`, or one with the full validation and training files).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TargetModules;
 use mhr_core::{Method, RoutingConfig};
-use mhr_data::{
-    Encoder, EncoderConfig, HfTokenizer, P3Dir, P3Options, T0_SEEDS, T0Dataset, T0Dir, TaskIndex,
-    TextTokenizer,
-};
+use mhr_data::{Encoder, EncoderConfig, P3Dir, P3Options, T0_SEEDS, T0Dataset, T0Dir, TaskIndex};
 use mhr_models::T5ForConditionalGeneration;
 use serde::{Deserialize, Serialize};
 
 use mhr_train::TrainConfig;
 use mhr_train::TrainError;
-use mhr_train::data::{ShuffledEpochs, mix};
-use mhr_train::eval::{mean_token_loss, rank_classification};
-use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
-use mhr_train::objective::Objective;
+use mhr_train::eval::mean_token_loss;
+use mhr_train::methods::AdapterSizes;
 use mhr_train::optim::{OptimConfig, OptimizerKind};
+use mhr_train::pipeline::{
+    StageData, StageSeeds, TestSet, adaptation_model, evaluate, pretraining_model, train_stage,
+};
 use mhr_train::results::{ResultRow, Results};
+use mhr_train::schedule::Schedule;
+use mhr_train::sni::{encode_tasks, load_tokenizer};
+use mhr_train::t0::encode_choices;
+use mhr_train::trainer::{RunOptions, write_json};
 
 use crate::report::write_results;
-use mhr_train::schedule::Schedule;
-use mhr_train::sni::{check_tokenizer_fits, encode_tasks};
-use mhr_train::t0::encode_choices;
-use mhr_train::trainer::{RunOptions, train, write_json};
 
 type Model<B> = T5ForConditionalGeneration<B>;
 
@@ -60,11 +57,6 @@ pub struct T0Settings {
     pub validation_per_subset: usize,
     /// One routing row per (dataset, template) pair (`use_t0_templates_as_tasks`), else per dataset.
     pub templates_as_tasks: bool,
-    pub pre_steps: usize,
-    pub pre_batch: usize,
-    pub pre_grad_accumulation: usize,
-    pub ft_steps: usize,
-    pub ft_batch: usize,
     pub max_source_len: usize,
     pub max_target_len: usize,
     /// Few-shot seeds (T-Few: 42, 1024, 0); pre-training uses the first.
@@ -72,18 +64,13 @@ pub struct T0Settings {
     pub methods: Vec<String>,
     /// Adapted linear layers (peft `target_modules` names).
     pub targets: Vec<String>,
-    pub lora_rank: usize,
-    pub poly_rank: usize,
-    pub n_skills: usize,
-    pub mhr_heads: usize,
-    /// Adapter learning rate in pre-training.
-    pub pre_lr: f64,
-    /// Adapter learning rate in few-shot adaptation (not carried over from pre-training).
-    pub ft_lr: f64,
-    pub routing_lr: f64,
-    pub max_grad_norm: f64,
-    /// The T0 configs turn the relaxed-Bernoulli routing noise off.
-    pub relaxed_bernoulli: bool,
+    pub adapter: AdapterSizes,
+    /// Multi-task pre-training on the mixture (its random streams come from the first seed; Adafactor's
+    /// `scale_parameter` is set per method, see [`T0Settings::for_method`]).
+    pub pretraining: TrainConfig,
+    /// Few-shot adaptation of each held-out dataset (the learning rate is not carried over from pre-training),
+    /// at most k examples per step.
+    pub adaptation: TrainConfig,
     /// Evaluation rows scored per dataset (all when larger).
     pub n_test: usize,
     /// Examples per rank-classification batch (each contributes one row per answer choice).
@@ -109,6 +96,34 @@ const REFERENCE: [(&str, usize, f64); 6] = [
 /// Every linear layer of a T5 block (mttl's T0 placement).
 const ALL_LINEAR: [&str; 7] = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"];
 
+/// A stage of mttl's T0 recipe: Adafactor without weight decay, batches of 8, 6 % linear warm-up then decay to 0,
+/// clip 1.0, logits at lr 0.1, twenty log lines.
+fn stage(steps: usize, grad_accumulation: usize, lr: f64) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 8,
+        grad_accumulation,
+        optim: OptimConfig {
+            optimizer: OptimizerKind::Adafactor,
+            lr,
+            routing_lr: 0.1,
+            weight_decay: 0.0,
+            routing_weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            ..OptimConfig::default()
+        },
+        schedule: Schedule::Linear {
+            warmup_fraction: 0.06,
+            floor: 0.0,
+        },
+        label_smoothing: 0.0,
+        sampled_routing: true,
+        log_every: (steps / 20).max(1),
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    }
+}
+
 impl T0Settings {
     /// PAPER.md §2.3–2.4: T5-XL-LM-adapt, every linear layer at rank 1, S = 8, MHR with 64 heads; Adafactor,
     /// 100,000 pre-training steps at batch 8 × 2 (lr 1e-3, logits 0.1), 1,000 few-shot steps at batch 8
@@ -124,79 +139,36 @@ impl T0Settings {
             cap_per_dataset: mhr_data::T0_CAP_PER_DATASET,
             validation_per_subset: mhr_data::T0_VALIDATION_PER_SUBSET,
             templates_as_tasks: true,
-            pre_steps: 100_000,
-            pre_batch: 8,
-            pre_grad_accumulation: 2,
-            ft_steps: 1000,
-            ft_batch: 8,
             max_source_len: 256,
             max_target_len: 256,
             seeds: T0_SEEDS.to_vec(),
             methods: METHODS.iter().map(|m| m.to_string()).collect(),
             targets: ALL_LINEAR.map(String::from).to_vec(),
-            lora_rank: 1,
-            poly_rank: 1,
-            n_skills: 8,
-            mhr_heads: 64,
-            pre_lr: 1e-3,
-            ft_lr: 3e-3,
-            routing_lr: 0.1,
-            max_grad_norm: 1.0,
-            relaxed_bernoulli: false,
+            adapter: AdapterSizes {
+                lora_rank: 1,
+                lora_alpha: 1.0,
+                poly_rank: 1,
+                n_skills: 8,
+                mhr_heads: 64,
+                // The T0 configs turn the relaxed-Bernoulli routing noise off.
+                routing: RoutingConfig {
+                    relaxed_bernoulli: false,
+                    ..RoutingConfig::default()
+                },
+            },
+            pretraining: stage(100_000, 2, 1e-3),
+            adaptation: stage(1000, 1, 3e-3),
             n_test: usize::MAX,
             eval_batch: 16,
         }
     }
 
-    fn sizes(&self) -> AdapterSizes {
-        AdapterSizes {
-            lora_rank: self.lora_rank,
-            lora_alpha: 1.0,
-            poly_rank: self.poly_rank,
-            n_skills: self.n_skills,
-            mhr_heads: self.mhr_heads,
-            routing: RoutingConfig {
-                relaxed_bernoulli: self.relaxed_bernoulli,
-                ..RoutingConfig::default()
-            },
-        }
-    }
-
-    /// Adafactor as mttl runs it: `scale_parameter` is HF's default (true) for LoRA, whose config does not
-    /// set it, and false for the routed methods.
-    fn config(
-        &self,
-        method: Method,
-        steps: usize,
-        batch: usize,
-        accumulation: usize,
-        lr: f64,
-        seed: u64,
-    ) -> TrainConfig {
-        TrainConfig {
-            steps,
-            batch_size: batch,
-            grad_accumulation: accumulation,
-            optim: OptimConfig {
-                optimizer: OptimizerKind::Adafactor,
-                lr,
-                routing_lr: self.routing_lr,
-                weight_decay: 0.0,
-                routing_weight_decay: 0.0,
-                max_grad_norm: self.max_grad_norm,
-                scale_parameter: !method.is_routed(),
-                ..OptimConfig::default()
-            },
-            schedule: Schedule::Linear {
-                warmup_fraction: 0.06,
-                floor: 0.0,
-            },
-            seed,
-            label_smoothing: 0.0,
-            sampled_routing: true,
-            log_every: (steps / 20).max(1),
-            checkpoint_every: 0,
-        }
+    /// `config` for `method`: Adafactor as mttl runs it, whose `scale_parameter` is HF's default (true) for LoRA,
+    /// whose config does not set it, and false for the routed methods.
+    fn for_method(config: &TrainConfig, method: Method) -> TrainConfig {
+        let mut config = config.clone();
+        config.optim.scale_parameter = !method.is_routed();
+        config
     }
 
     /// The held-out datasets to adapt to: those named, or every one `dir` holds.
@@ -251,14 +223,8 @@ where
     std::fs::create_dir_all(out).map_err(TrainError::io(out))?;
     write_json(&out.join("settings.json"), settings)?;
 
-    let tokenizer: Arc<dyn TextTokenizer> =
-        Arc::new(HfTokenizer::from_file(&settings.tokenizer).map_err(TrainError::from)?);
     let base = Model::<B>::load(&settings.model, device)?;
-    check_tokenizer_fits(
-        tokenizer.as_ref(),
-        &settings.tokenizer.display().to_string(),
-        base.config().vocab_size,
-    )?;
+    let tokenizer = load_tokenizer(Some(&settings.tokenizer), base.config().vocab_size)?;
     let encoder = Encoder::new(
         tokenizer,
         EncoderConfig {
@@ -298,30 +264,22 @@ where
         datasets.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
     );
 
-    let sizes = settings.sizes();
+    let sizes = &settings.adapter;
     let targets = TargetModules::Names(settings.targets.clone());
     let mut families: Vec<Method> = methods.iter().map(|m| m.pretraining_method()).collect();
     families.sort_by_key(|m| m.name());
     families.dedup();
     let mut pretrained = Vec::new();
     let mut validation_loss = serde_json::Map::new();
+    let seeds = StageSeeds::pretraining(first_seed);
     for family in families {
-        B::seed(device, first_seed);
-        let model = attach_pretraining(base.clone(), family, &sizes, &targets, index.len())?;
+        let model = pretraining_model(base.clone(), family, sizes, &targets, index.len(), seeds)?;
         let label = format!("{family} pre-training");
-        let cfg = settings.config(
-            family,
-            settings.pre_steps,
-            settings.pre_batch,
-            settings.pre_grad_accumulation,
-            settings.pre_lr,
-            first_seed,
-        );
-        let sampler = ShuffledEpochs::new(&train_set, &cfg, first_seed);
-        let (model, _) = train(
+        let (model, _) = train_stage(
             model,
-            &sampler,
-            &cfg,
+            StageData::Tokens(&train_set),
+            &T0Settings::for_method(&settings.pretraining, family),
+            seeds,
             &RunOptions {
                 label: &label,
                 ..Default::default()
@@ -352,33 +310,31 @@ where
                     .find(|(family, _)| *family == method.pretraining_method())
                     .map(|(_, m)| m.clone())
                     .ok_or_else(|| TrainError::Config(format!("no pre-trained model for {method}")))?;
-                let model = prepare_adaptation(start, method, &sizes)?;
-                let batch = settings.ft_batch.min(few.len().max(1));
-                let cfg = settings.config(method, settings.ft_steps, batch, 1, settings.ft_lr, seed);
-                let sampler = ShuffledEpochs::new(&few, &cfg, mix(seed, id as u64));
-                let (adapted, _) = train(
+                let seeds = StageSeeds::adaptation(seed, id);
+                let model = adaptation_model(start, method, sizes, seeds)?;
+                let mut config = T0Settings::for_method(&settings.adaptation, method);
+                config.batch_size = config.batch_size.min(few.len().max(1));
+                let (adapted, _) = train_stage(
                     model,
-                    Objective::TFew(&sampler),
-                    &cfg,
-                    &RunOptions {
-                        label: "",
-                        ..Default::default()
-                    },
+                    StageData::Choices(&few),
+                    &config,
+                    seeds,
+                    &RunOptions::default(),
                 )?;
-                let ranked = rank_classification(&adapted.valid(), &test, settings.eval_batch)?;
+                let score = evaluate(&adapted.valid(), TestSet::Choices(&test), settings.eval_batch)?;
                 eprintln!(
                     "{}: seed {seed} {} {method}: accuracy {:.3}",
                     settings.preset,
                     dataset.name(),
-                    ranked.accuracy
+                    score.value
                 );
                 rows.push(ResultRow {
                     method: method.name().into(),
                     task: dataset.name().into(),
                     k,
                     seed,
-                    metric: "accuracy".into(),
-                    value: ranked.accuracy,
+                    metric: score.metric.into(),
+                    value: score.value,
                 });
             }
         }

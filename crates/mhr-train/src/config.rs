@@ -19,6 +19,8 @@ pub struct TrainConfig {
     pub grad_accumulation: usize,
     pub optim: OptimConfig,
     pub schedule: Schedule,
+    /// The loop's per-step draws (relaxed-Bernoulli routing noise). A stage run by [`crate::pipeline`] takes it
+    /// from its [`crate::pipeline::StageSeeds`].
     pub seed: u64,
     /// 0: the model's mean token cross entropy; ε > 0: fairseq's label-smoothed NLL (SNI runs, ε = 0.1).
     /// Token objectives only: the T-Few objective has its own loss.

@@ -1,11 +1,14 @@
 //! Super-NaturalInstructions tasks through a tokenizer into training examples, and the scores of greedy
 //! generations against their references: the pieces that the smoke preset and the `mhr` command line share.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use burn::prelude::*;
 use mhr_core::{RoutingContext, RoutingMode};
 use mhr_data::{
-    EncodedExample, Encoder, Example, SniDir, SniOptions, SniPromptFormat, Task, TaskIndex, TaskList,
-    TextTokenizer,
+    ByteTokenizer, EncodedExample, Encoder, Example, HfTokenizer, SniDir, SniOptions, SniPromptFormat, Task,
+    TaskIndex, TaskList, TextTokenizer,
 };
 use mhr_models::{GenerationConfig, T5ForConditionalGeneration};
 
@@ -13,19 +16,23 @@ use crate::batch::seq2seq_batch;
 use crate::error::TrainError;
 use crate::metrics::{exact_match, rouge_l};
 
-/// Every id `tokenizer` (named `shown` in the error) produces must have a row in the model's embedding.
-pub fn check_tokenizer_fits(
-    tokenizer: &dyn TextTokenizer,
-    shown: &str,
-    vocab_size: usize,
-) -> Result<(), TrainError> {
+/// The tokenizer of a model whose embedding has `vocab_size` rows: the tokenizer.json at `path`, or ByT5-style byte
+/// tokens (`None`). One that produces ids the embedding lacks is refused, naming it.
+pub fn load_tokenizer(path: Option<&Path>, vocab_size: usize) -> Result<Arc<dyn TextTokenizer>, TrainError> {
+    let (tokenizer, shown): (Arc<dyn TextTokenizer>, _) = match path {
+        Some(path) => (
+            Arc::new(HfTokenizer::from_file(path).map_err(TrainError::from)?),
+            path.display().to_string(),
+        ),
+        None => (Arc::new(ByteTokenizer), "byte".to_string()),
+    };
     if tokenizer.vocab_size() > vocab_size {
         return Err(TrainError::Config(format!(
             "tokenizer {shown} produces {} ids but the model's vocab_size is {vocab_size}",
             tokenizer.vocab_size()
         )));
     }
-    Ok(())
+    Ok(tokenizer)
 }
 
 /// The English tasks of `list` in mttl's prompt format, at most `max_instances` instances each (file

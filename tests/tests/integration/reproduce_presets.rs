@@ -40,20 +40,21 @@ fn smoke_preset_scores_every_method() {
 
 /// sni-small's path on the fixture checkpoint and its tokenizer: a loaded model, several seeds.
 fn sni_small_on_the_fixture() -> SniSettings {
-    SniSettings {
+    let mut settings = SniSettings {
         sni: shared_dir().join("data/sni"),
         train_tasks: 2,
         eval_tasks: 1,
         instances_per_task: 120,
-        pre_steps: 3,
-        ft_steps: 2,
         n_test: 3,
         max_source_len: 64,
         max_target_len: 8,
         seeds: vec![13, 42],
         methods: vec!["lora".into(), "mhr".into()],
         ..SniSettings::sni_small(t5_fixture("t5-v1_1"), Some(t5_fixture("tokenizer.json")))
-    }
+    };
+    settings.pretraining.steps = 3;
+    settings.adaptation.steps = 2;
+    settings
 }
 
 #[test]
@@ -97,18 +98,18 @@ fn sni_preset_rejects_a_tokenizer_larger_than_the_vocabulary() {
 fn synthetic_preset_runs_and_scores_routing() {
     let _rng = mhr_tests::rng_lock();
     let out = tempfile::tempdir().unwrap();
-    let settings = SyntheticSettings {
+    let mut settings = SyntheticSettings {
         methods: ["lora-scratch", "lora", "poly-z", "mhr", "mhr-mu"]
             .map(String::from)
             .to_vec(),
         seeds: vec![0, 1],
         ks: vec![16],
         base_steps: 20,
-        pre_steps: 5,
-        ft_steps: 2,
         n_test: 10,
         ..SyntheticSettings::default()
     };
+    settings.pretraining.steps = 5;
+    settings.adaptation.steps = 2;
     let report = synthetic::run::<A>(&settings, out.path(), &Default::default()).unwrap();
     assert_eq!(
         report.results.rows.len(),
@@ -244,21 +245,15 @@ fn paper_t0_path_pretrains_on_the_mixture_and_adapts_to_held_out_datasets() {
     let _rng = mhr_tests::rng_lock();
     let p3 = p3_folder_from_sni();
     let out = tempfile::tempdir().unwrap();
-    let settings = T0Settings {
+    let mut settings = T0Settings {
         t0eval: shared_dir().join("data/t0eval"),
         datasets: vec!["copa".into(), "wsc".into()],
         cap_per_dataset: 40,
         validation_per_subset: 4,
-        pre_steps: 3,
-        pre_batch: 4,
-        ft_steps: 2,
-        ft_batch: 4,
         max_source_len: 64,
         max_target_len: 16,
         seeds: vec![42, 0],
         methods: vec!["lora".into(), "mhr".into(), "mhr-z".into()],
-        mhr_heads: 2,
-        n_skills: 2,
         n_test: 12,
         eval_batch: 6,
         ..T0Settings::paper_t0(
@@ -267,6 +262,9 @@ fn paper_t0_path_pretrains_on_the_mixture_and_adapts_to_held_out_datasets() {
             p3.path().to_path_buf(),
         )
     };
+    (settings.pretraining.steps, settings.pretraining.batch_size) = (3, 4);
+    (settings.adaptation.steps, settings.adaptation.batch_size) = (2, 4);
+    (settings.adapter.mhr_heads, settings.adapter.n_skills) = (2, 2);
     let results = t0::run::<A>(&settings, out.path(), &Default::default()).unwrap();
     let mut cells: Vec<_> = results
         .rows
@@ -328,16 +326,16 @@ fn paper_t0_rejects_an_unknown_held_out_dataset_before_loading_anything() {
 #[test]
 fn synthetic_units_run_apart_assemble_to_the_sequential_report() {
     let _rng = mhr_tests::rng_lock();
-    let settings = SyntheticSettings {
+    let mut settings = SyntheticSettings {
         seeds: vec![0, 1],
         methods: ["lora-scratch", "lora", "mhr"].map(String::from).to_vec(),
         ks: vec![16],
         base_steps: 10,
-        pre_steps: 3,
-        ft_steps: 2,
         n_test: 10,
         ..SyntheticSettings::default()
     };
+    settings.pretraining.steps = 3;
+    settings.adaptation.steps = 2;
     let device = Default::default();
     let whole_dir = tempfile::tempdir().unwrap();
     let whole = synthetic::run::<A>(&settings, whole_dir.path(), &device).unwrap();
@@ -350,7 +348,7 @@ fn synthetic_units_run_apart_assemble_to_the_sequential_report() {
     for unit in units.iter().rev() {
         // A worker loads the base that `prepare` cached and runs one unit.
         let base = synthetic::cached_base::<A>(&settings, apart_dir.path(), &device).unwrap();
-        let outcome = synthetic::run_unit::<A>(unit, &base, apart_dir.path(), &device).unwrap();
+        let outcome = synthetic::run_unit::<A>(unit, &base, apart_dir.path()).unwrap();
         let json = serde_json::to_string(&outcome).unwrap();
         outcomes.push(serde_json::from_str::<synthetic::UnitOutcome>(&json).unwrap());
     }

@@ -12,8 +12,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TASKS_FILE;
 use mhr_data::{EncodedChoices, EncodedExample};
-use mhr_train::data::{ShuffledEpochs, mix};
-use mhr_train::objective::Objective;
+use mhr_train::pipeline::StageData;
 use mhr_train::sni::encode_all;
 use mhr_train::t0::encode_choices;
 
@@ -134,20 +133,13 @@ impl BackendTask for AdaptTask {
             bail!("{}: not an adaptation run", self.run.dir.display());
         };
         let model = self.run.skeleton::<B>(&device)?;
-        let config = &adapt.train;
-        let seed = mix(config.seed, self.task_id as u64);
-        let (tokens, choices);
-        let objective = match &self.data {
-            AdaptData::Tokens(examples) => {
-                tokens = ShuffledEpochs::new(examples, config, seed);
-                Objective::from(&tokens)
-            }
-            AdaptData::Choices(examples) => {
-                choices = ShuffledEpochs::new(examples, config, seed);
-                Objective::TFew(&choices)
-            }
+        let data = match &self.data {
+            AdaptData::Tokens(examples) => StageData::Tokens(examples),
+            AdaptData::Choices(examples) => StageData::Choices(examples),
         };
-        if let Some(model) = train_in_run(model, objective, config, &self.run.dir, self.stop_after, "adapt")?
+        let seeds = adapt.stage_seeds(self.task_id);
+        let (dir, stop_after) = (&self.run.dir, self.stop_after);
+        if let Some(model) = train_in_run(model, data, &adapt.train, seeds, dir, stop_after, "adapt")?
             && let Some(adapter) = peft_adapter(&model, &self.run.tasks, &self.run.settings.model)?
         {
             adapter.save(self.run.dir.join(ADAPTER_DIR))?;
@@ -200,18 +192,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     // An unknown T0 dataset is named as such before any routing-row check.
     adapt.t0_dataset()?;
-    let tasks_path = pretrained.dir.join(TASKS_FILE);
-    let task_id = match pretrained.tasks.id(&adapt.task) {
-        Ok(id) => id,
-        Err(_) if !method.is_routed() => 0,
-        Err(_) => bail!(
-            "--task {}: not among the {} tasks of {} (a routed method needs the task's routing row: list it in \
-             held_out_tasks when training)",
-            adapt.task,
-            pretrained.tasks.len(),
-            tasks_path.display()
-        ),
-    };
+    let task_id = adapt.task_id(&pretrained, method)?;
     let model_config = check_model_dir(&pretrained.settings.model)?;
     let encoder = adapt.encoder(&pretrained.settings, &model_config)?;
     let split = adapt.split(&pretrained.settings)?;

@@ -109,7 +109,7 @@ impl BackendTask for EvalTask<'_> {
 
 fn job(dir: &Path, args: &Args) -> Result<Job> {
     let run = Run::open(dir)?;
-    let RunKind::Adapt(adapt, _) = &run.kind else {
+    let RunKind::Adapt(adapt, pretrained) = &run.kind else {
         bail!(
             "--run {}: a pre-training run; evaluate the runs of `mhr adapt`",
             dir.display()
@@ -122,11 +122,7 @@ fn job(dir: &Path, args: &Args) -> Result<Job> {
     if let Some(n) = args.n_test {
         test.truncate(n);
     }
-    let task_id = if run.method.is_routed() {
-        run.tasks.id(&adapt.task)?
-    } else {
-        run.tasks.id(&adapt.task).unwrap_or(0)
-    };
+    let task_id = adapt.task_id(pretrained, run.method)?;
     let scoring = match adapt.t0 {
         Some(_) => Scoring::RankClassification(encode_choices(&encoder, &test, task_id)?),
         None => Scoring::Generation {

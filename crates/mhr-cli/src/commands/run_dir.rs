@@ -21,15 +21,15 @@ use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::{PeftAdapter, PeftKind, TASKS_FILE, TargetModules};
 use mhr_core::{AdapterHost, Method, TaskMap};
 use mhr_data::{
-    ByteTokenizer, Encoder, EncoderConfig, FewShotSplit, HfTokenizer, SniDir, SniPromptFormat, SniTask,
-    SniTestSet, T0Dataset, T0Dir, TextTokenizer, sni_few_shot,
+    Encoder, EncoderConfig, FewShotSplit, SniDir, SniPromptFormat, SniTask, SniTestSet, T0Dataset, T0Dir,
+    TextTokenizer, sni_few_shot,
 };
 use mhr_models::{CONFIG_FILE, ModelError, T5Config, T5ForConditionalGeneration, has_weights};
 use mhr_train::TrainConfig;
-use mhr_train::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
-use mhr_train::objective::Objective;
-use mhr_train::sni::check_tokenizer_fits;
-use mhr_train::trainer::{RunDir, RunOptions, load_latest, train};
+use mhr_train::methods::AdapterSizes;
+use mhr_train::pipeline::{StageData, StageSeeds, adaptation_model, pretraining_model, train_stage};
+use mhr_train::sni::load_tokenizer;
+use mhr_train::trainer::{RunDir, RunOptions, load_latest};
 use serde::{Deserialize, Serialize};
 
 pub type Model<B> = T5ForConditionalGeneration<B>;
@@ -157,23 +157,21 @@ impl TrainSettings {
 
     /// The tokenizer of `tokenizer` (or the model's), checked against the model's vocabulary.
     pub fn tokenizer(&self, model: &T5Config) -> Result<Arc<dyn TextTokenizer>> {
-        let tokenizer: Arc<dyn TextTokenizer> = match self.tokenizer.as_deref() {
-            Some(BYTE_TOKENIZER) => Arc::new(ByteTokenizer),
-            Some(path) => Arc::new(HfTokenizer::from_file(Path::new(path))?),
+        let path = match self.tokenizer.as_deref() {
+            Some(BYTE_TOKENIZER) => None,
+            Some(path) => Some(PathBuf::from(path)),
             None => {
                 let path = self.model.join("tokenizer.json");
                 if !path.is_file() {
                     bail!(
-                        "{}: not found; set `tokenizer` (--tokenizer) to a tokenizer.json or to `byte`",
+                        "{}: not found; set `tokenizer` (--tokenizer) to a tokenizer.json or to `{BYTE_TOKENIZER}`",
                         path.display()
                     );
                 }
-                Arc::new(HfTokenizer::from_file(&path)?)
+                Some(path)
             }
         };
-        let shown = self.tokenizer.as_deref().unwrap_or("the model's tokenizer.json");
-        check_tokenizer_fits(tokenizer.as_ref(), shown, model.vocab_size)?;
-        Ok(tokenizer)
+        Ok(load_tokenizer(path.as_deref(), model.vocab_size)?)
     }
 
     /// The encoder of the run's prompts (mttl's SNI format) and lengths.
@@ -195,6 +193,11 @@ impl TrainSettings {
         TargetModules::Names(self.target_modules.clone())
     }
 
+    /// The random streams of the pre-training: all from the run's seed.
+    pub fn stage_seeds(&self) -> StageSeeds {
+        StageSeeds::pretraining(self.train.seed)
+    }
+
     /// The base model with the method's pre-training adapters (initialised from the run's seed).
     pub fn skeleton<B: Backend>(
         &self,
@@ -204,18 +207,39 @@ impl TrainSettings {
     ) -> Result<Model<B>> {
         let model = Model::<B>::load(&self.model, device)
             .with_context(|| format!("model {}", self.model.display()))?;
-        B::seed(device, self.train.seed);
-        Ok(attach_pretraining(
+        Ok(pretraining_model(
             model,
             method,
             &self.adapter,
             &self.targets(),
             n_tasks,
+            self.stage_seeds(),
         )?)
     }
 }
 
 impl AdaptSettings {
+    /// The routing row of the adapted task among the pre-training run's tasks. A method that does not route by
+    /// task uses row 0 for a task the run does not list.
+    pub fn task_id(&self, pretrained: &Run, method: Method) -> Result<usize> {
+        match pretrained.tasks.id(&self.task) {
+            Ok(id) => Ok(id),
+            Err(_) if !method.is_routed() => Ok(0),
+            Err(_) => bail!(
+                "--task {}: not among the {} tasks of {} (a routed method needs the task's routing row: list it in \
+                 held_out_tasks when training)",
+                self.task,
+                pretrained.tasks.len(),
+                pretrained.dir.join(TASKS_FILE).display()
+            ),
+        }
+    }
+
+    /// The random streams of the adaptation of the task with routing row `task_id`.
+    pub fn stage_seeds(&self, task_id: usize) -> StageSeeds {
+        StageSeeds::adaptation(self.seed, task_id)
+    }
+
     /// The T0 dataset named by `task` when the adaptation is on T0 data (`None` for SNI).
     pub fn t0_dataset(&self) -> Result<Option<(T0Dir, T0Dataset)>> {
         let Some(dir) = &self.t0 else {
@@ -337,9 +361,14 @@ impl Run {
         match &self.kind {
             RunKind::Pretrain => self.settings.skeleton(self.method, self.tasks.len(), device),
             RunKind::Adapt(adapt, pretrained) => {
+                let seeds = adapt.stage_seeds(adapt.task_id(pretrained, self.method)?);
                 let model = pretrained.load_model::<B>(device)?;
-                B::seed(device, adapt.seed);
-                Ok(prepare_adaptation(model, self.method, &self.settings.adapter)?)
+                Ok(adaptation_model(
+                    model,
+                    self.method,
+                    &self.settings.adapter,
+                    seeds,
+                )?)
             }
         }
     }
@@ -362,13 +391,14 @@ impl Run {
     }
 }
 
-/// Trains `model` with its checkpoints and metrics in the run folder `dir`; `Some` model once all
+/// Trains `model` on `data` with its checkpoints and metrics in the run folder `dir`; `Some` model once all
 /// `config.steps` are done, `None` when `stop_after` ended it early. Ctrl-C checkpoints the steps done and
 /// stops with a hint to resume (a second one exits at once).
 pub fn train_in_run<B: AutodiffBackend>(
     model: Model<B>,
-    data: Objective<'_>,
+    data: StageData<'_>,
     config: &TrainConfig,
+    seeds: StageSeeds,
     dir: &Path,
     stop_after: Option<usize>,
     label: &str,
@@ -381,7 +411,7 @@ pub fn train_in_run<B: AutodiffBackend>(
         label,
         interrupt: Some(&interrupt),
     };
-    let (model, outcome) = train(model, data, config, &options)?;
+    let (model, outcome) = train_stage(model, data, config, seeds, &options)?;
     if outcome.interrupted {
         bail!(
             "interrupted after step {} of {}; its checkpoint is written, continue with --resume",

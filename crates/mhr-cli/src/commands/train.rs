@@ -11,8 +11,7 @@ use mhr_core::TaskMap;
 use mhr_core::peft::TASKS_FILE;
 use mhr_data::EncodedExample;
 use mhr_data::{SniDir, T0Dataset, TaskIndex, TaskList};
-use mhr_train::data::ShuffledEpochs;
-use mhr_train::objective::Objective;
+use mhr_train::pipeline::StageData;
 use mhr_train::sni::{encode_tasks, load_tasks};
 
 use crate::commands::common::{catch_panics, model_files};
@@ -181,10 +180,10 @@ impl BackendTask for TrainTask {
         let model = self
             .settings
             .skeleton::<B>(self.method, self.tasks.len(), &device)?;
-        let train_config = &self.settings.train;
-        let sampler = ShuffledEpochs::new(&self.examples, train_config, train_config.seed);
-        let data = Objective::from(&sampler);
-        if let Some(model) = train_in_run(model, data, train_config, &self.out, self.stop_after, "train")?
+        let data = StageData::Tokens(&self.examples);
+        let seeds = self.settings.stage_seeds();
+        let config = &self.settings.train;
+        if let Some(model) = train_in_run(model, data, config, seeds, &self.out, self.stop_after, "train")?
             && let Some(adapter) = peft_adapter(&model, &self.tasks, &self.settings.model)?
         {
             adapter.save(self.out.join(ADAPTER_DIR))?;
