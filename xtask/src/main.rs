@@ -2,6 +2,7 @@
 
 mod bench;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -134,11 +135,11 @@ struct SyntheticBase {
 }
 
 impl BackendTask for SyntheticBase {
-    type Output = ();
-    fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<()> {
+    /// The base model's exact match per atomic skill, for the report.
+    type Output = BTreeMap<String, f64>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<Self::Output> {
         eprintln!("synthetic preset on {spec}, writing to {}", self.out.display());
-        synthetic::prepare::<B>(&self.settings, &self.out, &device)?;
-        Ok(())
+        Ok(synthetic::prepare::<B>(&self.settings, &self.out, &device)?.skill_exact_match)
     }
 }
 
@@ -184,7 +185,7 @@ fn synthetic_in_processes(
     device: DeviceSpec,
     jobs: usize,
 ) -> Result<()> {
-    with_backend(
+    let skill_exact_match = with_backend(
         device,
         SyntheticBase {
             settings: settings.clone(),
@@ -261,7 +262,12 @@ fn synthetic_in_processes(
             serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
         })
         .collect::<Result<Vec<synthetic::UnitOutcome>>>()?;
-    print_report(&synthetic::assemble(&settings, &outcomes, &out)?);
+    print_report(&synthetic::assemble(
+        &settings,
+        &skill_exact_match,
+        &outcomes,
+        &out,
+    )?);
     Ok(())
 }
 

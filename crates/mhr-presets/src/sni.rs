@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use burn::module::AutodiffModule;
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
+use mhr_core::Method;
 use mhr_core::peft::TargetModules;
-use mhr_core::{Method, RoutingConfig};
 use mhr_data::{
     Encoder, EncoderConfig, Example, SniDir, SniPromptFormat, SniTestSet, Task, TaskIndex, TaskList,
     sni_few_shot,
@@ -119,14 +119,7 @@ impl SniSettings {
             seeds: vec![13],
             methods: METHODS.iter().map(|m| m.to_string()).collect(),
             targets: ALL_LINEAR.map(String::from).to_vec(),
-            adapter: AdapterSizes {
-                lora_rank: 4,
-                lora_alpha: 1.0,
-                poly_rank: 4,
-                n_skills: 4,
-                mhr_heads: 4,
-                routing: RoutingConfig::default(),
-            },
+            adapter: AdapterSizes::new(4, 4, 4),
             pretraining: stage(12, 1e-2, 1.0),
             adaptation: stage(4, 1e-2, 1.0),
             full_ft_lr: 1e-2,
@@ -150,14 +143,7 @@ impl SniSettings {
             max_target_len: 64,
             seeds: vec![13, 42, 58],
             targets: ATTENTION.map(String::from).to_vec(),
-            adapter: AdapterSizes {
-                lora_rank: 8,
-                lora_alpha: 1.0,
-                poly_rank: 8,
-                n_skills: 8,
-                mhr_heads: 8,
-                routing: RoutingConfig::default(),
-            },
+            adapter: AdapterSizes::new(8, 8, 8),
             pretraining: stage(2000, 1e-3, 0.1),
             adaptation: stage(300, 1e-3, 0.1),
             full_ft_lr: 5e-5,
@@ -176,11 +162,7 @@ impl SniSettings {
             instances_per_task: 1000,
             max_source_len: 1024,
             max_target_len: 128,
-            adapter: AdapterSizes {
-                lora_rank: 16,
-                poly_rank: 16,
-                ..small.adapter.clone()
-            },
+            adapter: AdapterSizes::new(16, 8, 8),
             pretraining: stage(25_000, 1e-3, 0.1),
             adaptation: stage(1000, 1e-3, 0.1),
             ..small
@@ -345,6 +327,7 @@ where
     let results = Results {
         preset: settings.preset.clone(),
         rows,
+        diagnostics: None,
     };
     let note = match settings.model {
         None => "A tiny random T5 after a few steps: these numbers only show that every path runs.",

@@ -15,7 +15,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TargetModules;
-use mhr_core::{AdapterHost, Method, RoutingConfig, RoutingMode, Stage};
+use mhr_core::{AdapterHost, Method, RoutingMode, Stage};
 use mhr_data::EncodedExample;
 use mhr_data::synthetic::{ComposedTask, Skill, SyntheticSuite, SyntheticVocab, sample_input};
 use mhr_models::{T5Config, T5ForConditionalGeneration};
@@ -91,11 +91,7 @@ impl Default for SyntheticSettings {
             base_lr: 2e-3,
             adapter: AdapterSizes {
                 lora_rank: 16,
-                lora_alpha: 1.0,
-                poly_rank: 8,
-                n_skills: 8,
-                mhr_heads: 4,
-                routing: RoutingConfig::default(),
+                ..AdapterSizes::new(8, 8, 4)
             },
             lora_big_rank: 64,
             pretraining: stage(1000, 64, 5e-3),
@@ -681,7 +677,13 @@ pub struct UnitOutcome {
     pub curves: Vec<(String, Curve)>,
     /// Stage-2 gradient alignment, keyed by family.
     pub alignment: BTreeMap<String, GradientAlignment>,
+    /// Family → training task → exact match after stage 2 (routed by the task's own row), on the first
+    /// [`STAGE2_EVAL_TASKS`] training tasks: the quality that `-z` adaptation inherits.
+    pub stage2_exact_match: BTreeMap<String, BTreeMap<String, f64>>,
 }
+
+/// Training tasks on which stage 2 is scored.
+pub const STAGE2_EVAL_TASKS: usize = 10;
 
 /// A [`work_units`] unit's name: its methods and seeds, e.g. `mhr+mhr-z@0,1,2`.
 pub fn unit_name(unit: &SyntheticSettings) -> String {
@@ -739,13 +741,20 @@ fn plans(settings: &SyntheticSettings) -> Result<Vec<(String, MethodPlan)>, Trai
         .collect()
 }
 
+/// Stage 1's result: the frozen base model and its exact match per atomic skill.
+pub struct Base<B: Backend> {
+    pub model: Model<B>,
+    /// Skill name → exact match on 100 inputs (the same inputs for every skill).
+    pub skill_exact_match: BTreeMap<String, f64>,
+}
+
 /// Checks the settings, writes `settings.json` and returns the stage-1 base (trained, or loaded from
-/// `<out>/base/`), after printing its atomic-skill exact match.
+/// `<out>/base/`) with its atomic-skill exact match.
 pub fn prepare<B: AutodiffBackend>(
     settings: &SyntheticSettings,
     out: &Path,
     device: &B::Device,
-) -> Result<Model<B>, TrainError>
+) -> Result<Base<B>, TrainError>
 where
     Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
 {
@@ -754,23 +763,28 @@ where
     write_json(&out.join("settings.json"), settings)?;
     let clock = Instant::now();
     let base = cached_base::<B>(settings, out, device)?;
-    let atomic: Vec<f64> = Skill::ALL
+    let skill_exact_match: BTreeMap<String, f64> = Skill::ALL
         .iter()
         .map(|&skill| {
             let mut rng = StdRng::seed_from_u64(SeedStreams::of(settings).atomic_test());
             let ex: Vec<EncodedExample> = (0..100)
                 .map(|_| skill_example(skill, &mut rng))
                 .collect::<Result<_, _>>()?;
-            Ok(evaluate(&base.valid(), TestSet::Targets(&ex), 100)?.value)
+            let em = evaluate(&base.valid(), TestSet::Targets(&ex), 100)?.value;
+            Ok((skill.name().to_string(), em))
         })
         .collect::<Result<_, TrainError>>()?;
+    let atomic: Vec<f64> = skill_exact_match.values().copied().collect();
     eprintln!(
         "base atomic-skill exact match {:.3} (min {:.3}) after {:.0}s",
         atomic.iter().sum::<f64>() / atomic.len() as f64,
         atomic.iter().cloned().fold(1.0, f64::min),
         clock.elapsed().as_secs_f64()
     );
-    Ok(base)
+    Ok(Base {
+        model: base,
+        skill_exact_match,
+    })
 }
 
 /// Runs the preset on backend `B`, writing everything under `out`: [`prepare`], [`run_unit`] on all methods,
@@ -784,8 +798,8 @@ where
     Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
 {
     let base = prepare::<B>(settings, out, device)?;
-    let outcome = run_unit::<B>(settings, &base, out)?;
-    assemble(settings, &[outcome], out)
+    let outcome = run_unit::<B>(settings, &base.model, out)?;
+    assemble(settings, &base.skill_exact_match, &[outcome], out)
 }
 
 /// Stages 2 and 3 of the methods of `settings` on the frozen `base`: one multi-task pre-training per family
@@ -809,6 +823,7 @@ where
         spearman: BTreeMap::new(),
         curves: Vec::new(),
         alignment: BTreeMap::new(),
+        stage2_exact_match: BTreeMap::new(),
     };
     let clock = Instant::now();
     let seeds = SeedStreams::of(settings);
@@ -870,6 +885,19 @@ where
                 values: &aligned.cosine,
             }],
         )?;
+        let trained_tasks = split.train.iter().take(STAGE2_EVAL_TASKS).map(|&t| {
+            let task = &suite.tasks()[t];
+            let test = task_examples(task, settings.n_test, seeds.test(t))?;
+            let em = evaluate(&model.valid(), TestSet::Targets(&test), 100)?.value;
+            Ok((task.name().to_string(), em))
+        });
+        let scores = trained_tasks.collect::<Result<BTreeMap<_, _>, TrainError>>()?;
+        eprintln!(
+            "stage 2 {family}: exact match {:.3} on {} training tasks",
+            scores.values().sum::<f64>() / scores.len().max(1) as f64,
+            scores.len()
+        );
+        outcome.stage2_exact_match.insert(family.clone(), scores);
         outcome.alignment.insert(family, aligned);
         if method.is_routed() {
             let routing =
@@ -952,6 +980,7 @@ where
 /// `routing.json`, learning curves and gradient alignment.
 pub fn assemble(
     settings: &SyntheticSettings,
+    skill_exact_match: &BTreeMap<String, f64>,
     outcomes: &[UnitOutcome],
     out: &Path,
 ) -> Result<SyntheticReport, TrainError> {
@@ -976,9 +1005,18 @@ pub fn assemble(
             position(&settings.methods, &r.method),
         )
     });
+    let stage2_exact_match: BTreeMap<String, BTreeMap<String, f64>> = outcomes
+        .iter()
+        .flat_map(|o| o.stage2_exact_match.clone())
+        .collect();
+    let diagnostics = serde_json::json!({
+        "base_exact_match": skill_exact_match,
+        "stage2_exact_match": stage2_exact_match,
+    });
     let results = Results {
         preset: "synthetic".into(),
         rows,
+        diagnostics: Some(diagnostics),
     };
     let spearman_by_method: BTreeMap<String, f64> = outcomes
         .iter()
@@ -1005,9 +1043,10 @@ pub fn assemble(
         "Ours: one held-out split (split seed {}) and one multi-task pre-training per family, adapted under each \
          few-shot seed. Reference: the PyTorch + peft prototype of this suite (`../shared/SYNTHETIC.md`, mean \
          over 10 held-out tasks and 2 seeds, each seed its own split and pre-training; its splits differ from \
-         ours, as Python's RNG differs from ours).\n\n{}",
+         ours, as Python's RNG differs from ours).\n\n{}\n\n{}",
         settings.split_seed,
-        ordering_markdown(&ordering)
+        ordering_markdown(&ordering),
+        diagnostics_markdown(skill_exact_match, &stage2_exact_match, &results)
     );
     let markdown = write_results(out, &results, &METHODS, &REFERENCE, &note)?;
     Ok(SyntheticReport {
@@ -1016,6 +1055,79 @@ pub fn assemble(
         ordering,
         markdown,
     })
+}
+
+/// The diagnostics of results.md, which the prototype logs too: the base model per atomic skill, stage 2 per family
+/// on training tasks, and few-shot exact match per held-out task (no trailing newline).
+fn diagnostics_markdown(
+    skill_exact_match: &BTreeMap<String, f64>,
+    stage2_exact_match: &BTreeMap<String, BTreeMap<String, f64>>,
+    results: &Results,
+) -> String {
+    let header = |first: &str, columns: &[&str]| {
+        format!(
+            "| {first} | {} |\n|---|{}",
+            columns.join(" | "),
+            "---|".repeat(columns.len())
+        )
+    };
+    let cells =
+        |values: &mut dyn Iterator<Item = f64>| values.map(|v| format!(" {v:.3} |")).collect::<String>();
+    let mean = |values: &BTreeMap<String, f64>| values.values().sum::<f64>() / values.len().max(1) as f64;
+
+    let skills: Vec<&str> = skill_exact_match.keys().map(String::as_str).collect();
+    let mut md = format!(
+        "## Diagnostics\n\nBase model (stage 1): exact match per atomic skill, 100 inputs each.\n\n{}\n| exact match |{}",
+        header("", &skills),
+        cells(&mut skill_exact_match.values().copied())
+    );
+    if let Some(first) = stage2_exact_match.values().next() {
+        let tasks: Vec<&str> = first.keys().map(String::as_str).collect();
+        let mut columns = vec!["mean"];
+        columns.extend(&tasks);
+        md += &format!(
+            "\n\nStage 2: exact match on {} training tasks, each routed by its own row, per family.\n\n{}",
+            tasks.len(),
+            header("family", &columns)
+        );
+        for (family, scores) in stage2_exact_match {
+            md += &format!(
+                "\n| {family} | {:.3} |{}",
+                mean(scores),
+                cells(&mut scores.values().copied())
+            );
+        }
+    }
+    let mut tasks: Vec<&str> = Vec::new();
+    for row in &results.rows {
+        if !tasks.contains(&row.task.as_str()) {
+            tasks.push(&row.task);
+        }
+    }
+    let ks: std::collections::BTreeSet<usize> = results.rows.iter().map(|r| r.k).collect();
+    for k in ks {
+        md += &format!(
+            "\n\nFew-shot exact match per held-out task at k = {k}, mean over seeds.\n\n{}",
+            header("method", &tasks)
+        );
+        let mut methods: Vec<&str> = Vec::new();
+        for row in results.rows.iter().filter(|r| r.k == k) {
+            if !methods.contains(&row.method.as_str()) {
+                methods.push(&row.method);
+            }
+        }
+        for method in methods {
+            let per_task = tasks.iter().map(|task| {
+                let values: Vec<f64> = (results.rows.iter())
+                    .filter(|r| r.k == k && r.method == method && r.task == *task)
+                    .map(|r| r.value)
+                    .collect();
+                values.iter().sum::<f64>() / values.len().max(1) as f64
+            });
+            md += &format!("\n| {method} |{}", cells(&mut per_task.into_iter()));
+        }
+    }
+    md
 }
 
 /// Where `item` stands in `list` (the settings' order of seeds, ks, methods); after everything if absent.
@@ -1064,6 +1176,7 @@ mod tests {
         Results {
             preset: "synthetic".into(),
             rows,
+            diagnostics: None,
         }
     }
 

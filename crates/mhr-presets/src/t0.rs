@@ -145,16 +145,12 @@ impl T0Settings {
             methods: METHODS.iter().map(|m| m.to_string()).collect(),
             targets: ALL_LINEAR.map(String::from).to_vec(),
             adapter: AdapterSizes {
-                lora_rank: 1,
-                lora_alpha: 1.0,
-                poly_rank: 1,
-                n_skills: 8,
-                mhr_heads: 64,
                 // The T0 configs turn the relaxed-Bernoulli routing noise off.
                 routing: RoutingConfig {
                     relaxed_bernoulli: false,
                     ..RoutingConfig::default()
                 },
+                ..AdapterSizes::new(1, 8, 64)
             },
             pretraining: stage(100_000, 2, 1e-3),
             adaptation: stage(1000, 1, 3e-3),
@@ -342,6 +338,7 @@ where
     let results = Results {
         preset: settings.preset.clone(),
         rows,
+        diagnostics: None,
     };
     let note = format!(
         "Reference: the authors' accuracy averaged over the 11 T0 held-out datasets and 3 seeds (PAPER.md §3.1, \

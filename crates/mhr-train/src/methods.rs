@@ -27,6 +27,20 @@ pub struct AdapterSizes {
     pub routing: RoutingConfig,
 }
 
+impl AdapterSizes {
+    /// LoRA and the routed inventories at rank `rank`, `n_skills` skills, `mhr_heads` MHR heads; LoRA scaled by
+    /// `1/r` and the paper's routing, as by default.
+    pub fn new(rank: usize, n_skills: usize, mhr_heads: usize) -> Self {
+        Self {
+            lora_rank: rank,
+            poly_rank: rank,
+            n_skills,
+            mhr_heads,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for AdapterSizes {
     /// Rank 16 everywhere, 8 skills, 8 MHR heads (they must divide the adapted layers' widths), LoRA scaled
     /// by `1/r` like Poly, and the paper's routing (relaxed Bernoulli in training).

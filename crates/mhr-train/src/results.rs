@@ -21,6 +21,9 @@ pub struct ResultRow {
 pub struct Results {
     pub preset: String,
     pub rows: Vec<ResultRow>,
+    /// What a preset measures besides its rows (the synthetic preset: its base model and stage 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<serde_json::Value>,
 }
 
 impl Results {

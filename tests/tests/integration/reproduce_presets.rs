@@ -166,6 +166,44 @@ fn synthetic_preset_runs_and_scores_routing() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("routing.json")).unwrap()).unwrap();
     let rho = routing["spearman_routing_vs_truth"]["mhr"].as_f64().unwrap();
     assert!((-1.0..=1.0).contains(&rho), "{rho}");
+    // Diagnostics: the base per atomic skill (100 inputs), stage 2 per family on 10 training tasks (10 inputs
+    // each), and few-shot exact match per held-out task, each cell the mean of the seeds' rows.
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+    let counts = |value: &serde_json::Value, n: f64| {
+        let x = value.as_f64().unwrap() * n;
+        assert!(
+            (0.0..=n).contains(&x) && (x - x.round()).abs() < 1e-9,
+            "{value} of {n}"
+        );
+    };
+    let base = written["diagnostics"]["base_exact_match"].as_object().unwrap();
+    assert_eq!(base.len(), 8, "{base:?}");
+    base.values().for_each(|v| counts(v, 100.0));
+    let stage2 = written["diagnostics"]["stage2_exact_match"].as_object().unwrap();
+    let families: Vec<&str> = stage2.keys().map(String::as_str).collect();
+    assert_eq!(families, ["lora-r16", "mhr", "poly"]);
+    for scores in stage2.values() {
+        let scores = scores.as_object().unwrap();
+        assert_eq!(scores.len(), 10);
+        scores.values().for_each(|v| counts(v, 10.0));
+    }
+    let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    let (_, per_task) = md
+        .split_once("Few-shot exact match per held-out task at k = 16")
+        .expect("a per-task table");
+    let first_task = &tasks(0)[0];
+    let seeds_of = |seed| {
+        let mut rows = report.results.rows.iter();
+        rows.find(|r| r.method == "mhr" && r.seed == seed && r.task == *first_task)
+            .unwrap()
+            .value
+    };
+    let cell = format!("| mhr | {:.3} |", (seeds_of(0) + seeds_of(1)) / 2.0);
+    assert!(
+        per_task.lines().any(|l| l.starts_with(&cell)),
+        "{cell} in {per_task}"
+    );
     // Figures: routing beside the ground truth per routed method, alignment per pre-trained family, curves.
     for figure in [
         "routing_mhr.svg",
@@ -340,7 +378,7 @@ fn synthetic_units_run_apart_assemble_to_the_sequential_report() {
     let whole_dir = tempfile::tempdir().unwrap();
     let whole = synthetic::run::<A>(&settings, whole_dir.path(), &device).unwrap();
     let apart_dir = tempfile::tempdir().unwrap();
-    synthetic::prepare::<A>(&settings, apart_dir.path(), &device).unwrap();
+    let base = synthetic::prepare::<A>(&settings, apart_dir.path(), &device).unwrap();
     let units = synthetic::work_units(&settings).unwrap();
     let names: Vec<String> = units.iter().map(synthetic::unit_name).collect();
     assert_eq!(names, ["mhr@0,1", "lora@0,1", "lora-scratch@0", "lora-scratch@1"]);
@@ -352,7 +390,8 @@ fn synthetic_units_run_apart_assemble_to_the_sequential_report() {
         let json = serde_json::to_string(&outcome).unwrap();
         outcomes.push(serde_json::from_str::<synthetic::UnitOutcome>(&json).unwrap());
     }
-    let apart = synthetic::assemble(&settings, &outcomes, apart_dir.path()).unwrap();
+    let skills = &base.skill_exact_match;
+    let apart = synthetic::assemble(&settings, skills, &outcomes, apart_dir.path()).unwrap();
     assert_eq!(whole.markdown, apart.markdown);
     assert_eq!(whole.spearman_routing_vs_truth, apart.spearman_routing_vs_truth);
     let values = |r: &synthetic::SyntheticReport| -> Vec<(String, u64, u64)> {
@@ -376,7 +415,7 @@ fn synthetic_units_run_apart_assemble_to_the_sequential_report() {
         );
     }
     // The outcomes came in reverse unit order: without the last, MHR's is missing.
-    let missing = synthetic::assemble(&settings, &outcomes[..3], apart_dir.path())
+    let missing = synthetic::assemble(&settings, skills, &outcomes[..3], apart_dir.path())
         .unwrap_err()
         .to_string();
     assert!(missing.contains("no outcome for method mhr, seed 0"), "{missing}");

@@ -191,6 +191,7 @@ pub fn run(args: Args) -> Result<()> {
     let results = Results {
         preset: PRESET.into(),
         rows,
+        diagnostics: None,
     };
     if let Some(path) = &args.predictions {
         mhr_core::io::write_atomic(path, lines.as_bytes())
