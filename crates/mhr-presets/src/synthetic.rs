@@ -774,11 +774,10 @@ where
             Ok((skill.name().to_string(), em))
         })
         .collect::<Result<_, TrainError>>()?;
-    let atomic: Vec<f64> = skill_exact_match.values().copied().collect();
     eprintln!(
         "base atomic-skill exact match {:.3} (min {:.3}) after {:.0}s",
-        atomic.iter().sum::<f64>() / atomic.len() as f64,
-        atomic.iter().cloned().fold(1.0, f64::min),
+        mean_score(&skill_exact_match),
+        skill_exact_match.values().copied().fold(1.0, f64::min),
         clock.elapsed().as_secs_f64()
     );
     Ok(Base {
@@ -894,7 +893,7 @@ where
         let scores = trained_tasks.collect::<Result<BTreeMap<_, _>, TrainError>>()?;
         eprintln!(
             "stage 2 {family}: exact match {:.3} on {} training tasks",
-            scores.values().sum::<f64>() / scores.len().max(1) as f64,
+            mean_score(&scores),
             scores.len()
         );
         outcome.stage2_exact_match.insert(family.clone(), scores);
@@ -1073,7 +1072,6 @@ fn diagnostics_markdown(
     };
     let cells =
         |values: &mut dyn Iterator<Item = f64>| values.map(|v| format!(" {v:.3} |")).collect::<String>();
-    let mean = |values: &BTreeMap<String, f64>| values.values().sum::<f64>() / values.len().max(1) as f64;
 
     let skills: Vec<&str> = skill_exact_match.keys().map(String::as_str).collect();
     let mut md = format!(
@@ -1093,7 +1091,7 @@ fn diagnostics_markdown(
         for (family, scores) in stage2_exact_match {
             md += &format!(
                 "\n| {family} | {:.3} |{}",
-                mean(scores),
+                mean_score(scores),
                 cells(&mut scores.values().copied())
             );
         }
@@ -1122,12 +1120,17 @@ fn diagnostics_markdown(
                     .filter(|r| r.k == k && r.method == method && r.task == *task)
                     .map(|r| r.value)
                     .collect();
-                values.iter().sum::<f64>() / values.len().max(1) as f64
+                mean_std(&values).mean
             });
             md += &format!("\n| {method} |{}", cells(&mut per_task.into_iter()));
         }
     }
     md
+}
+
+/// The mean of named scores (0 when there are none).
+fn mean_score(scores: &BTreeMap<String, f64>) -> f64 {
+    mean_std(&scores.values().copied().collect::<Vec<_>>()).mean
 }
 
 /// Where `item` stands in `list` (the settings' order of seeds, ks, methods); after everything if absent.
