@@ -114,6 +114,7 @@ fn preset(p: BenchPreset) -> PresetSpec {
             "vocab_size": vocab, "d_model": d, "d_kv": d_kv, "d_ff": d_ff, "num_layers": layers,
             "num_decoder_layers": layers, "num_heads": heads, "feed_forward_proj": "gated-gelu",
             "tie_word_embeddings": false, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1,
+            "dropout_rate": 0.0,
         })
     };
     match p {

@@ -29,6 +29,10 @@ pub struct T5Config {
     pub relative_attention_max_distance: usize,
     #[serde(default = "defaults::layer_norm_epsilon")]
     pub layer_norm_epsilon: f64,
+    /// The probability of T5's dropout, at transformers' sites (embeddings, attention weights, each sub-layer's
+    /// output, the FFN's hidden layer, each stack's output); it acts in training only.
+    #[serde(default = "defaults::dropout_rate")]
+    pub dropout_rate: f64,
     /// Scales the standard deviations of the random initialisation ([`crate::T5ForConditionalGeneration::new`]).
     #[serde(default = "defaults::initializer_factor")]
     pub initializer_factor: f64,
@@ -57,6 +61,9 @@ mod defaults {
     pub fn layer_norm_epsilon() -> f64 {
         1e-6
     }
+    pub fn dropout_rate() -> f64 {
+        0.1
+    }
     pub fn initializer_factor() -> f64 {
         1.0
     }
@@ -68,6 +75,15 @@ mod defaults {
     }
     pub fn eos_token_id() -> i64 {
         1
+    }
+}
+
+/// A dropout probability a model can train with: in [0, 1) (1 would drop everything and scale by infinity).
+pub fn check_dropout_rate(rate: f64) -> Result<(), String> {
+    if (0.0..1.0).contains(&rate) {
+        Ok(())
+    } else {
+        Err(format!("must be in [0, 1), found {rate}"))
     }
 }
 
@@ -139,6 +155,7 @@ impl T5Config {
                 self.layer_norm_epsilon
             ));
         }
+        check_dropout_rate(self.dropout_rate).map_err(|reason| format!("dropout_rate {reason}"))?;
         for (name, id) in [
             ("pad_token_id", self.pad_token_id),
             ("eos_token_id", self.eos_token_id),
@@ -218,6 +235,7 @@ mod tests {
             (32, 128)
         );
         assert_eq!((c.pad_token_id, c.eos_token_id), (0, 1));
+        assert_eq!(c.dropout_rate, 0.1);
         assert_eq!(
             c.feed_forward(),
             Ok(FeedForwardKind {
@@ -258,5 +276,15 @@ mod tests {
         assert!(kind("fancy-gelu").is_err());
         assert!(kind("gated-gelu-x").is_err());
         assert!(kind("tanh").is_err());
+    }
+
+    #[test]
+    fn dropout_rate_outside_zero_to_one_is_refused_by_name() {
+        for rate in ["1.0", "-0.1", "1.5"] {
+            let c = config(&format!(r#", "dropout_rate": {rate}"#)).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(e.starts_with("dropout_rate must be in [0, 1)"), "{e}");
+        }
+        assert_eq!(config(r#", "dropout_rate": 0.0"#).unwrap().validate(), Ok(()));
     }
 }

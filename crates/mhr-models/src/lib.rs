@@ -23,7 +23,7 @@ mod loader;
 mod pytorch;
 pub mod t5;
 
-pub use config::{Activation, FeedForwardKind, T5Config};
+pub use config::{Activation, FeedForwardKind, T5Config, check_dropout_rate};
 pub use error::ModelError;
 pub use generation::GenerationConfig;
 pub use loader::{

@@ -193,7 +193,7 @@ fn random_model_config() -> T5Config {
         "vocab_size": 259, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1,
         "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 32,
         "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "decoder_start_token_id": 0,
-        "pad_token_id": 0, "eos_token_id": 1
+        "pad_token_id": 0, "eos_token_id": 1, "dropout_rate": 0.0
     }))
     .expect("a valid literal config")
 }

@@ -334,7 +334,7 @@ pub fn base_config() -> T5Config {
         "num_heads": 4, "relative_attention_num_buckets": 16, "relative_attention_max_distance": 32,
         "feed_forward_proj": "relu", "tie_word_embeddings": true, "pad_token_id": SyntheticVocab::PAD,
         "eos_token_id": SyntheticVocab::EOS, "decoder_start_token_id": SyntheticVocab::DECODER_START,
-        "layer_norm_epsilon": 1e-6
+        "layer_norm_epsilon": 1e-6, "dropout_rate": 0.0
     }))
     .expect("a valid literal config")
 }

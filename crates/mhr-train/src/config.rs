@@ -27,6 +27,10 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     /// Sample relaxed-Bernoulli routing (when the routers enable it) instead of σ(Z).
     pub sampled_routing: bool,
+    /// T5's dropout during this stage, in place of the model's `config.json` `dropout_rate` (mttl trains with the
+    /// checkpoint's, 0.1 for LM-adapt and T0); absent: the model's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropout_rate: Option<f64>,
     pub log_every: usize,
     /// 0: a checkpoint only at the end (when the run has a directory).
     pub checkpoint_every: usize,
@@ -76,6 +80,7 @@ impl Default for TrainConfig {
             seed: 13,
             label_smoothing: 0.0,
             sampled_routing: true,
+            dropout_rate: None,
             log_every: 100,
             checkpoint_every: 0,
         }
@@ -131,6 +136,7 @@ floor = 0.0
             seed: 3,
             label_smoothing: 0.0,
             sampled_routing: true,
+            dropout_rate: None,
             log_every: 50,
             checkpoint_every: 0,
         }

@@ -221,7 +221,26 @@ pub fn load_latest<B: Backend>(
 /// or pass [`Objective::TFew`]. With a run directory, metrics go to `metrics.jsonl` (with T-Few's three
 /// terms), checkpoints are written every `checkpoint_every` steps, at the end and on interrupt, and an
 /// existing checkpoint is resumed from.
+///
+/// `config.dropout_rate` sets T5's dropout for the stage only: the model comes back with its own.
 pub fn train<'a, B: AutodiffBackend>(
+    model: Model<B>,
+    objective: impl Into<Objective<'a>>,
+    config: &TrainConfig,
+    options: &RunOptions,
+) -> Result<(Model<B>, TrainOutcome), TrainError>
+where
+    Model<B>: AutodiffModule<B>,
+{
+    let Some(rate) = config.dropout_rate else {
+        return train_steps(model, objective, config, options);
+    };
+    let own_rate = model.config().dropout_rate;
+    let (model, outcome) = train_steps(model.with_dropout_rate(rate)?, objective, config, options)?;
+    Ok((model.with_dropout_rate(own_rate)?, outcome))
+}
+
+fn train_steps<'a, B: AutodiffBackend>(
     model: Model<B>,
     objective: impl Into<Objective<'a>>,
     config: &TrainConfig,

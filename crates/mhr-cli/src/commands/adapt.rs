@@ -8,10 +8,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TASKS_FILE;
 use mhr_data::{EncodedChoices, EncodedExample};
+use mhr_models::check_dropout_rate;
 use mhr_train::pipeline::StageData;
 use mhr_train::sni::encode_all;
 use mhr_train::t0::encode_choices;
@@ -56,6 +57,9 @@ pub struct Args {
     /// Peak learning rate of the routing logits (default: the run's).
     #[arg(long)]
     pub routing_lr: Option<f64>,
+    /// T5's dropout in training (default: the run's, else the model's config.json).
+    #[arg(long)]
+    pub dropout_rate: Option<f64>,
     /// SNI: the first N instances of the task file are its test set (never trained on).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub test_instances: usize,
@@ -63,7 +67,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Continue the adaptation in --out from its latest checkpoint, with its own adapt.toml.
-    #[arg(long, conflicts_with_all = ["run", "task", "t0", "k", "seed", "method", "batch_size", "lr", "routing_lr"])]
+    #[arg(long, conflicts_with_all = ["run", "task", "t0", "k", "seed", "method", "batch_size", "lr", "routing_lr",
+        "dropout_rate"])]
     pub resume: bool,
     /// Stop after this many steps (checkpointed) as if interrupted; --resume continues exactly.
     #[arg(long, value_name = "N")]
@@ -92,6 +97,10 @@ impl Args {
         }
         if let Some(lr) = self.routing_lr {
             train.optim.routing_lr = lr;
+        }
+        if let Some(rate) = self.dropout_rate {
+            check_dropout_rate(rate).map_err(|e| anyhow!("--dropout-rate {e}"))?;
+            train.dropout_rate = Some(rate);
         }
         Ok(AdaptSettings {
             pretrained: absolute(&pretrained.dir)?,

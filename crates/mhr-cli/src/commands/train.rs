@@ -4,13 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::Method;
 use mhr_core::TaskMap;
 use mhr_core::peft::TASKS_FILE;
 use mhr_data::EncodedExample;
 use mhr_data::{SniDir, T0Dataset, TaskIndex, TaskList};
+use mhr_models::check_dropout_rate;
 use mhr_train::pipeline::StageData;
 use mhr_train::sni::{encode_tasks, load_tasks};
 
@@ -221,6 +222,9 @@ pub fn run(args: Args) -> Result<()> {
             "{}: train.steps, train.batch_size and train.grad_accumulation must be positive",
             origin.display()
         );
+    }
+    if let Some(rate) = train.dropout_rate {
+        check_dropout_rate(rate).map_err(|e| anyhow!("{}: train.dropout_rate {e}", origin.display()))?;
     }
     let model_config = check_model_dir(&settings.model)?;
     let encoder = settings.encoder(&model_config)?;

@@ -551,6 +551,23 @@ fn malformed_model_config() {
     case.assert_fails(&output, FAILED, &["config.json"]);
 }
 
+#[test]
+fn model_config_with_a_dropout_rate_of_one() {
+    let case = Case::new();
+    let path = case.batch(&base_batch());
+    let original = std::fs::read_to_string(fixture("t5-v1_1").join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+    config["dropout_rate"] = serde_json::json!(1.0);
+    let weights = std::fs::read(fixture("t5-v1_1").join("model.safetensors")).unwrap();
+    let model = model_copy(&case, Some(&config.to_string()), Some(&weights));
+    let output = case.run("score", model.to_str().unwrap(), None, &path, &[]);
+    case.assert_fails(
+        &output,
+        FAILED,
+        &["config.json", "dropout_rate must be in [0, 1), found 1"],
+    );
+}
+
 /// A config that claims an enormous vocabulary is refused before any weight is read.
 #[test]
 fn model_config_with_absurd_sizes() {

@@ -340,6 +340,26 @@ fn bad_train_and_export_inputs_are_one_line_errors() {
         s(&setup.path("b")),
     ]);
     assert_error(&output, &["bad.toml", "unknown field `learning_rate`"]);
+    // A dropout rate that cannot train, named with its file.
+    std::fs::write(
+        setup.path("drop.toml"),
+        text.replace("[train]\n", "[train]\ndropout_rate = 1.0\n"),
+    )
+    .unwrap();
+    let output = mhr([
+        "train",
+        "--config",
+        s(&setup.path("drop.toml")),
+        "--method",
+        "mhr",
+        "--out",
+        s(&setup.path("b2")),
+    ]);
+    assert_error(
+        &output,
+        &["drop.toml", "train.dropout_rate must be in [0, 1), found 1"],
+    );
+    assert!(!setup.path("b2").exists(), "nothing written");
     // Unknown task name in a task list: the task and the list file are named.
     std::fs::write(
         setup.path("train.txt"),
@@ -643,6 +663,11 @@ fn bad_adapt_and_eval_inputs_are_one_line_errors() {
         &adapt(&setup, "c", &["--method", "mhx"]),
         &["--method: method: unknown method `mhx`"],
     );
+    assert_error(
+        &adapt(&setup, "d", &["--dropout-rate", "1.5"]),
+        &["--dropout-rate must be in [0, 1), found 1.5"],
+    );
+    assert!(!setup.path("d").exists(), "nothing written");
     // eval wants adaptation runs.
     let output = mhr(["eval", "--run", s(&pre), "--out", s(&setup.path("r.json"))]);
     assert_error(&output, &["a pre-training run"]);

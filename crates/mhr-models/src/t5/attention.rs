@@ -1,4 +1,5 @@
 use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use mhr_core::{AdaptedLinear, RoutingContext};
@@ -87,6 +88,8 @@ pub struct T5Attention<B: Backend> {
     pub o: AdaptedLinear<B>,
     pub relative_attention_bias: Option<RelativePositionBias<B>>,
     pub num_heads: usize,
+    /// On the attention weights, after the softmax.
+    pub dropout: Dropout,
 }
 
 impl<B: Backend> T5Attention<B> {
@@ -123,6 +126,7 @@ impl<B: Backend> T5Attention<B> {
             o: linear("o", inner, d, std(inner))?,
             relative_attention_bias,
             num_heads: config.num_heads,
+            dropout: DropoutConfig::new(config.dropout_rate).init(),
         })
     }
 
@@ -176,7 +180,8 @@ impl<B: Backend> T5Attention<B> {
             Some(bias) => add_bias(scores, bias),
             None => scores,
         };
-        let out = Self::merge_heads(softmax(scores, 3).matmul(v));
+        let weights = self.dropout.forward(softmax(scores, 3));
+        let out = Self::merge_heads(weights.matmul(v));
         debug_assert_eq!(out.dims(), [b, t, self.o.d_in()]);
         self.o.forward(out, ctx)
     }

@@ -1,3 +1,4 @@
+use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use mhr_core::RoutingContext;
 
@@ -10,20 +11,22 @@ use crate::t5::attention::T5Attention;
 use crate::t5::ff::T5LayerFF;
 use crate::t5::layer_norm::T5LayerNorm;
 
-/// HF's `layer.0`: `x + SelfAttention(layer_norm(x))`.
+/// HF's `layer.0`: `x + dropout(SelfAttention(layer_norm(x)))`.
 #[derive(Module, Debug)]
 pub struct T5LayerSelfAttention<B: Backend> {
     /// HF's `SelfAttention`.
     pub attention: T5Attention<B>,
     pub layer_norm: T5LayerNorm<B>,
+    pub dropout: Dropout,
 }
 
-/// HF's `layer.1` of a decoder block: `x + EncDecAttention(layer_norm(x), encoder output)`.
+/// HF's `layer.1` of a decoder block: `x + dropout(EncDecAttention(layer_norm(x), encoder output))`.
 #[derive(Module, Debug)]
 pub struct T5LayerCrossAttention<B: Backend> {
     /// HF's `EncDecAttention`.
     pub attention: T5Attention<B>,
     pub layer_norm: T5LayerNorm<B>,
+    pub dropout: Dropout,
 }
 
 /// What a decoder block attends to besides itself: the encoder output, its -1e9 padding mask
@@ -54,6 +57,7 @@ impl<B: Backend> T5Block<B> {
         has_bias: bool,
     ) -> Result<Self, ModelError> {
         let (d, eps) = (config.d_model, config.layer_norm_epsilon);
+        let dropout = || DropoutConfig::new(config.dropout_rate).init();
         let self_attention = T5LayerSelfAttention {
             attention: T5Attention::build(
                 src,
@@ -62,11 +66,13 @@ impl<B: Backend> T5Block<B> {
                 has_bias.then_some(!is_decoder),
             )?,
             layer_norm: T5LayerNorm::build(src, &format!("{path}.layer.0.layer_norm"), d, eps)?,
+            dropout: dropout(),
         };
         let cross_attention = if is_decoder {
             Some(T5LayerCrossAttention {
                 attention: T5Attention::build(src, &format!("{path}.layer.1.EncDecAttention"), config, None)?,
                 layer_norm: T5LayerNorm::build(src, &format!("{path}.layer.1.layer_norm"), d, eps)?,
+                dropout: dropout(),
             })
         } else {
             None
@@ -99,13 +105,15 @@ impl<B: Backend> T5Block<B> {
         if let Some(cross) = cross.as_mut() {
             (k, v) = cross.cache.append_self_attention(k, v);
         }
-        let mut x = x + attention.attend_biased(normed, k, v, self_bias, ctx);
+        let attended = attention.attend_biased(normed, k, v, self_bias, ctx);
+        let mut x = x + self.self_attention.dropout.forward(attended);
         if let (Some(layer), Some(cross)) = (&self.cross_attention, cross) {
             let normed = layer.layer_norm.forward(x.clone());
             let (k, v) = cross
                 .cache
                 .cross_attention(|| layer.attention.project_kv(cross.encoder_hidden.clone(), ctx));
-            x = x + layer.attention.attend_biased(normed, k, v, cross.bias, ctx);
+            let attended = layer.attention.attend_biased(normed, k, v, cross.bias, ctx);
+            x = x + layer.dropout.forward(attended);
         }
         self.ff.forward(x, ctx)
     }
@@ -117,14 +125,14 @@ impl<B: Backend> T5Block<B> {
                 .self_attention
                 .attention
                 .map_sites(&format!("{path}.layer.0.SelfAttention"), f)?,
-            layer_norm: self.self_attention.layer_norm,
+            ..self.self_attention
         };
         let cross_attention = match self.cross_attention {
             Some(layer) => Some(T5LayerCrossAttention {
                 attention: layer
                     .attention
                     .map_sites(&format!("{path}.layer.1.EncDecAttention"), f)?,
-                layer_norm: layer.layer_norm,
+                ..layer
             }),
             None => None,
         };
@@ -134,5 +142,16 @@ impl<B: Backend> T5Block<B> {
             cross_attention,
             ff,
         })
+    }
+
+    /// Every dropout site of the block at `dropout`'s rate.
+    pub(crate) fn set_dropout(&mut self, dropout: &Dropout) {
+        self.self_attention.dropout = dropout.clone();
+        self.self_attention.attention.dropout = dropout.clone();
+        if let Some(layer) = self.cross_attention.as_mut() {
+            layer.dropout = dropout.clone();
+            layer.attention.dropout = dropout.clone();
+        }
+        self.ff.set_dropout(dropout);
     }
 }

@@ -1,3 +1,4 @@
+use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, relu, sigmoid, silu};
 use mhr_core::{AdaptedLinear, RoutingContext};
@@ -29,21 +30,23 @@ fn gelu_tanh<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     x * sigmoid(inner)
 }
 
-/// `wo(act(wi x))`: T5 v1.0.
+/// `wo(dropout(act(wi x)))`: T5 v1.0.
 #[derive(Module, Debug)]
 pub struct T5DenseActDense<B: Backend> {
     pub wi: AdaptedLinear<B>,
     pub wo: AdaptedLinear<B>,
     pub activation: Activation,
+    pub dropout: Dropout,
 }
 
-/// `wo(act(wi_0 x) · wi_1 x)`: T5 v1.1, LM-adapt, T0 (gated-gelu).
+/// `wo(dropout(act(wi_0 x) · wi_1 x))`: T5 v1.1, LM-adapt, T0 (gated-gelu).
 #[derive(Module, Debug)]
 pub struct T5DenseGatedActDense<B: Backend> {
     pub wi_0: AdaptedLinear<B>,
     pub wi_1: AdaptedLinear<B>,
     pub wo: AdaptedLinear<B>,
     pub activation: Activation,
+    pub dropout: Dropout,
 }
 
 /// HF's `DenseReluDense`, whichever layout the config asks for.
@@ -69,28 +72,34 @@ impl<B: Backend> T5DenseReluDense<B> {
                 .map(|w| AdaptedLinear::new(w, None))
         };
         let activation = kind.activation;
+        let dropout = DropoutConfig::new(config.dropout_rate).init();
         Ok(if kind.gated {
             Self::Gated(T5DenseGatedActDense {
                 wi_0: linear("wi_0", d, d_ff)?,
                 wi_1: linear("wi_1", d, d_ff)?,
                 wo: linear("wo", d_ff, d)?,
                 activation,
+                dropout,
             })
         } else {
             Self::Act(T5DenseActDense {
                 wi: linear("wi", d, d_ff)?,
                 wo: linear("wo", d_ff, d)?,
                 activation,
+                dropout,
             })
         })
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
         match self {
-            Self::Act(m) => m.wo.forward(activate(m.activation, m.wi.forward(x, ctx)), ctx),
+            Self::Act(m) => {
+                let hidden = activate(m.activation, m.wi.forward(x, ctx));
+                m.wo.forward(m.dropout.forward(hidden), ctx)
+            }
             Self::Gated(m) => {
                 let gate = activate(m.activation, m.wi_0.forward(x.clone(), ctx));
-                m.wo.forward(gate * m.wi_1.forward(x, ctx), ctx)
+                m.wo.forward(m.dropout.forward(gate * m.wi_1.forward(x, ctx)), ctx)
             }
         }
     }
@@ -100,23 +109,24 @@ impl<B: Backend> T5DenseReluDense<B> {
             Self::Act(m) => Self::Act(T5DenseActDense {
                 wi: f(&format!("{path}.wi"), m.wi)?,
                 wo: f(&format!("{path}.wo"), m.wo)?,
-                activation: m.activation,
+                ..m
             }),
             Self::Gated(m) => Self::Gated(T5DenseGatedActDense {
                 wi_0: f(&format!("{path}.wi_0"), m.wi_0)?,
                 wi_1: f(&format!("{path}.wi_1"), m.wi_1)?,
                 wo: f(&format!("{path}.wo"), m.wo)?,
-                activation: m.activation,
+                ..m
             }),
         })
     }
 }
 
-/// Pre-norm residual FFN: `x + DenseReluDense(layer_norm(x))`.
+/// Pre-norm residual FFN: `x + dropout(DenseReluDense(layer_norm(x)))`.
 #[derive(Module, Debug)]
 pub struct T5LayerFF<B: Backend> {
     pub dense_relu_dense: T5DenseReluDense<B>,
     pub layer_norm: T5LayerNorm<B>,
+    pub dropout: Dropout,
 }
 
 impl<B: Backend> T5LayerFF<B> {
@@ -134,11 +144,24 @@ impl<B: Backend> T5LayerFF<B> {
                 config.d_model,
                 config.layer_norm_epsilon,
             )?,
+            dropout: DropoutConfig::new(config.dropout_rate).init(),
         })
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
-        x.clone() + self.dense_relu_dense.forward(self.layer_norm.forward(x), ctx)
+        let transformed = self
+            .dense_relu_dense
+            .forward(self.layer_norm.forward(x.clone()), ctx);
+        x + self.dropout.forward(transformed)
+    }
+
+    /// Both dropout sites (hidden layer, output) at `dropout`'s rate.
+    pub(crate) fn set_dropout(&mut self, dropout: &Dropout) {
+        self.dropout = dropout.clone();
+        match &mut self.dense_relu_dense {
+            T5DenseReluDense::Act(m) => m.dropout = dropout.clone(),
+            T5DenseReluDense::Gated(m) => m.dropout = dropout.clone(),
+        }
     }
 
     pub(crate) fn map_sites<E>(self, path: &str, f: &mut SiteFn<'_, B, E>) -> Result<Self, E> {

@@ -1,12 +1,13 @@
 use std::path::Path;
 
 use burn::module::Param;
+use burn::nn::DropoutConfig;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::embedding;
 use mhr_core::{AdaptedLinear, AdapterHost, IGNORE_INDEX, RoutingContext, SharedRouters};
 
-use crate::config::T5Config;
+use crate::config::{T5Config, check_dropout_rate};
 use crate::error::ModelError;
 use crate::generation::DecoderCache;
 use crate::loader::{CONFIG_FILE, Checkpoint, Init, RandomInit, WeightSource};
@@ -152,6 +153,21 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
 
     pub fn config(&self) -> &T5Config {
         &self.config
+    }
+
+    /// The model with T5's dropout at `rate` at every site (`config.json`'s `dropout_rate` overridden, for
+    /// one training stage, say). Burn's `Dropout` acts only under an autodiff backend: in training, as
+    /// transformers' in `train()` mode.
+    pub fn with_dropout_rate(mut self, rate: f64) -> Result<Self, ModelError> {
+        check_dropout_rate(rate).map_err(|reason| ModelError::InvalidInput {
+            name: "dropout_rate",
+            reason,
+        })?;
+        let dropout = DropoutConfig::new(rate).init();
+        self.encoder.set_dropout(&dropout);
+        self.decoder.set_dropout(&dropout);
+        self.config.dropout_rate = rate;
+        Ok(self)
     }
 
     /// Runs the encoder on `input_ids: [b, s]` with `attention_mask: [b, s]` (1 = token, 0 = padding).

@@ -1,3 +1,4 @@
+use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use mhr_core::RoutingContext;
 
@@ -13,11 +14,13 @@ use crate::t5::layer_norm::T5LayerNorm;
 /// Added to attention scores that must be ignored; finite, so a fully masked row stays a number.
 pub(crate) const MASKED: f32 = -1e9;
 
-/// The encoder or the decoder: blocks, then a final RMS norm. Embeddings live in the parent model (`shared`).
+/// The encoder or the decoder: dropout on the embedded tokens, blocks, a final RMS norm and dropout again.
+/// Embeddings live in the parent model (`shared`).
 #[derive(Module, Debug)]
 pub struct T5Stack<B: Backend> {
     pub block: Vec<T5Block<B>>,
     pub final_layer_norm: T5LayerNorm<B>,
+    pub dropout: Dropout,
 }
 
 impl<B: Backend> T5Stack<B> {
@@ -55,7 +58,16 @@ impl<B: Backend> T5Stack<B> {
         Ok(Self {
             block,
             final_layer_norm,
+            dropout: DropoutConfig::new(config.dropout_rate).init(),
         })
+    }
+
+    /// Every dropout site of the stack at `dropout`'s rate.
+    pub(crate) fn set_dropout(&mut self, dropout: &Dropout) {
+        self.dropout = dropout.clone();
+        for block in &mut self.block {
+            block.set_dropout(dropout);
+        }
     }
 
     /// The first block's relative position bias `[1, heads, q_len, k_len]`, computed once and shared by all
@@ -95,11 +107,10 @@ impl<B: Backend> T5Stack<B> {
             (Some(position), Some(mask)) => Some(add_bias(mask, &position)),
             (position, mask) => position.or(mask),
         };
-        let x = self
-            .block
-            .iter()
-            .fold(x, |x, block| block.forward(x, bias.as_ref(), None, ctx));
-        self.final_layer_norm.forward(x)
+        let x = self.block.iter().fold(self.dropout.forward(x), |x, block| {
+            block.forward(x, bias.as_ref(), None, ctx)
+        });
+        self.dropout.forward(self.final_layer_norm.forward(x))
     }
 
     /// Decoder over the positions `cache.len()..cache.len() + t` of `x: [b, t, d_model]`, attending causally to
@@ -135,6 +146,7 @@ impl<B: Backend> T5Stack<B> {
         };
         let cross_bias = cross_bias.map(|m| spread_mask(m, self.num_heads(), t));
         let layers = cache.layers_mut(self.block.len());
+        let x = self.dropout.forward(x);
         let x = self.block.iter().zip(layers).fold(x, |x, (block, layer_cache)| {
             let cross = CrossInput {
                 encoder_hidden,
@@ -144,7 +156,7 @@ impl<B: Backend> T5Stack<B> {
             block.forward(x, bias.as_ref(), Some(cross), ctx)
         });
         cache.advance(t);
-        self.final_layer_norm.forward(x)
+        self.dropout.forward(self.final_layer_norm.forward(x))
     }
 
     pub(crate) fn map_sites<E>(self, prefix: &str, f: &mut SiteFn<'_, B, E>) -> Result<Self, E> {
@@ -154,9 +166,6 @@ impl<B: Backend> T5Stack<B> {
             .enumerate()
             .map(|(i, block)| block.map_sites(&format!("{prefix}.block.{i}"), f))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            block,
-            final_layer_norm: self.final_layer_norm,
-        })
+        Ok(Self { block, ..self })
     }
 }

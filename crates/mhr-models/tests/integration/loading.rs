@@ -609,6 +609,7 @@ fn zero_beams_are_refused() {
 /// A randomly initialised relu / tied model with other dims trains and decodes (cache or not).
 #[test]
 fn random_model_trains_and_generates() {
+    use burn::module::AutodiffModule;
     use mhr_core::TrainableSet;
     use mhr_models::T5Config;
 
@@ -642,6 +643,10 @@ fn random_model_trains_and_generates() {
         .unwrap();
     assert_eq!(grad.dims(), [12, 15]);
     assert!(grad.abs().sum().into_scalar() > 0.0);
+    // Generation runs on the inner backend, where T5's dropout (0.1 by default) is off.
+    let model = model.valid();
+    let (ids, mask) = (ids.inner(), mask.inner());
+    let ctx = RoutingContext::untasked();
     for config in [GenerationConfig::greedy(5), GenerationConfig::beam(5, 3)] {
         let run = |use_cache| {
             let config = GenerationConfig {

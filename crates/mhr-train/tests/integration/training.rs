@@ -30,7 +30,8 @@ fn tiny_model() -> T5ForConditionalGeneration<A> {
     let config: T5Config = serde_json::from_value(serde_json::json!({
         "vocab_size": 24, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_decoder_layers": 2,
         "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
-        "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "decoder_start_token_id": 0
+        "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "decoder_start_token_id": 0,
+        "dropout_rate": 0.0
     }))
     .unwrap();
     <A as Backend>::seed(&Default::default(), 1);
@@ -80,6 +81,7 @@ fn config(steps: usize) -> TrainConfig {
         seed: 5,
         label_smoothing: 0.0,
         sampled_routing: true,
+        dropout_rate: None,
         log_every: 1,
         checkpoint_every: 0,
     }
@@ -155,13 +157,62 @@ fn flat<M: Module<A>>(m: &M) -> Vec<f32> {
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let data = examples();
-    let sampler = ShuffledEpochs::new(&data, &config(0), 0);
     let cfg = TrainConfig {
         checkpoint_every: 4,
         ..config(12)
     };
+    resumed_run_equals_uninterrupted(&cfg);
+}
 
+/// T5's dropout draws its masks from the per-step seed, so a resumed run keeps them; the override holds for
+/// the stage only.
+#[test]
+fn dropout_changes_training_and_resumes_bit_identically() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = TrainConfig {
+        checkpoint_every: 4,
+        dropout_rate: Some(0.1),
+        ..config(12)
+    };
+    let with_dropout = resumed_run_equals_uninterrupted(&cfg);
+    assert_eq!(
+        with_dropout.config().dropout_rate,
+        0.0,
+        "the model's own rate back"
+    );
+    let data = examples();
+    let sampler = ShuffledEpochs::new(&data, &config(0), 0);
+    let run = |cfg: &TrainConfig| train(adapted(Method::Mhr), &sampler, cfg, &RunOptions::default()).unwrap();
+    let (without, _) = run(&TrainConfig {
+        dropout_rate: None,
+        ..cfg.clone()
+    });
+    let (again, _) = run(&cfg);
+    assert_eq!(flat(&again), flat(&with_dropout), "same seed, same masks");
+    assert_ne!(flat(&without), flat(&with_dropout), "dropout acted in training");
+    let refused = train(
+        adapted(Method::Mhr),
+        &sampler,
+        &TrainConfig {
+            dropout_rate: Some(1.0),
+            ..cfg
+        },
+        &RunOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("dropout_rate") && refused.contains("found 1"),
+        "{refused}"
+    );
+}
+
+/// Trains MHR for `cfg` straight, and again stopped after 6 steps and resumed in a fresh model: the parameters
+/// must be bit-identical. Returns the straight run's model.
+fn resumed_run_equals_uninterrupted(cfg: &TrainConfig) -> T5ForConditionalGeneration<A> {
+    let data = examples();
+    let sampler = ShuffledEpochs::new(&data, &config(0), 0);
+    let cfg = cfg.clone();
     let straight_dir = tempfile::tempdir().unwrap();
     let straight_run = RunDir::new(straight_dir.path());
     let (straight, _) = train(
@@ -209,6 +260,7 @@ fn resumed_run_equals_uninterrupted_run() {
         12,
         "one metrics line per step, none duplicated by the resume"
     );
+    straight
 }
 
 /// Every float parameter with its field path, for diffing.
