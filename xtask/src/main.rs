@@ -10,6 +10,7 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
 use mhr_cli::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
+use mhr_models::Precision;
 use mhr_models::hub::Hub;
 use mhr_presets::sni::{self, SniSettings};
 use mhr_presets::synthetic::{self, SyntheticSettings};
@@ -76,6 +77,10 @@ struct ReproduceArgs {
     /// are those of a sequential run.
     #[arg(long)]
     jobs: Option<usize>,
+    /// The base weights' precision, f32 or bf16 (adapters stay f32; flex or cuda). Default: the settings'
+    /// (f32), except paper-sni and paper-t0 on cuda, which run in bf16 as the paper.
+    #[arg(long)]
+    precision: Option<Precision>,
     /// Internal: run stages 2-3 of `--methods` under `--seeds` (one unit) on the cached base and write their
     /// outcome (the workers of `--jobs`).
     #[arg(long, hide = true)]
@@ -309,6 +314,14 @@ fn override_runs(args: &ReproduceArgs, seeds: &mut Vec<u64>, methods: &mut Vec<S
     }
 }
 
+/// The paper presets' precision before `--settings` and `--precision`: bf16 on cuda (PAPER.md §2.4), else f32.
+fn paper_precision(args: &ReproduceArgs) -> Precision {
+    match args.device.resolve() {
+        DeviceSpec::Cuda(_) => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
 /// paper-t0's settings: the model (and its tokenizer) through the Hub, the mixture from --p3.
 fn paper_t0(args: &ReproduceArgs) -> Result<T0Settings> {
     let p3 = args.p3.clone().ok_or_else(|| {
@@ -324,8 +337,13 @@ fn paper_t0(args: &ReproduceArgs) -> Result<T0Settings> {
             model.display()
         )
     })?;
-    let mut settings = overlay(T0Settings::paper_t0(model, tokenizer, p3), args.settings.as_ref())?;
+    let preset = T0Settings {
+        precision: paper_precision(args),
+        ..T0Settings::paper_t0(model, tokenizer, p3)
+    };
+    let mut settings = overlay(preset, args.settings.as_ref())?;
     override_runs(args, &mut settings.seeds, &mut settings.methods, &t0::METHODS);
+    settings.precision = args.precision.unwrap_or(settings.precision);
     Ok(settings)
 }
 
@@ -350,11 +368,15 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
         }
         Preset::PaperSni => {
             let (model, tokenizer) = preset_model(&args, "google/t5-xl-lm-adapt")?;
-            SniSettings::paper_sni(model, tokenizer)
+            SniSettings {
+                precision: paper_precision(&args),
+                ..SniSettings::paper_sni(model, tokenizer)
+            }
         }
     };
     let mut settings = overlay(sni_preset, args.settings.as_ref())?;
     override_runs(&args, &mut settings.seeds, &mut settings.methods, &sni::METHODS);
+    settings.precision = args.precision.unwrap_or(settings.precision);
     with_backend(
         args.device,
         Sni {
@@ -373,6 +395,7 @@ fn reproduce_synthetic(args: ReproduceArgs) -> Result<()> {
         &mut settings.methods,
         &synthetic::METHODS,
     );
+    settings.precision = args.precision.unwrap_or(settings.precision);
     if args.unit_worker {
         return with_backend(
             args.device,

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
+use mhr_models::Precision;
 
 /// A device as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +201,19 @@ pub fn start_device(spec: DeviceSpec, start: impl FnOnce()) -> Result<()> {
             cause.as_deref().unwrap_or("unknown panic")
         )
     })
+}
+
+/// Refuses a precision the device's backend cannot compute in ([`Precision::check`]), before a command writes
+/// anything.
+pub fn ensure_precision(spec: DeviceSpec, precision: Precision) -> Result<()> {
+    struct Check(Precision);
+    impl BackendTask for Check {
+        type Output = ();
+        fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Result<()> {
+            Ok(self.0.check::<B::InnerBackend>(&device)?)
+        }
+    }
+    with_backend(spec, Check(precision))
 }
 
 /// Checks that `spec` names a compiled-in backend, before any work starts.

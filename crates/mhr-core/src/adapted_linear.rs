@@ -1,7 +1,9 @@
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::config::AdapterConfig;
+use crate::dtype::to_dtype;
 use crate::error::CoreError;
 use crate::ia3::{Ia3, RoutedIa3};
 use crate::lora::Lora;
@@ -46,6 +48,16 @@ impl<B: Backend> Adapter<B> {
 }
 
 impl<B: Backend> Adapter<B> {
+    /// The dtype of the adapter's weights, in which it computes.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Adapter::Lora(lora) => lora.lora_a.val().dtype(),
+            Adapter::Ia3(ia3) => ia3.ia3_l.val().dtype(),
+            Adapter::RoutedLora(routed) => routed.poly_lora_a.val().dtype(),
+            Adapter::RoutedIa3(routed) => routed.poly_ia3_l.val().dtype(),
+        }
+    }
+
     /// Where a routed adapter's router is; `None` for unrouted ones.
     pub fn router(&self) -> Option<&SiteRouter<B>> {
         match self {
@@ -157,38 +169,44 @@ impl<B: Backend> AdaptedLinear<B> {
         y.reshape([b, n, self.d_out()])
     }
 
-    /// `x: [batch, n, d_in] → [batch, n, d_out]`.
+    /// `x: [batch, n, d_in] → [batch, n, d_out]`, in `x`'s dtype.
+    ///
+    /// The adapter computes in its own dtype: on a bf16 base an f32 adapter sees `x` cast to f32, and its
+    /// result is cast back after the sum (peft's `result = (result + lora(x.to(A.dtype))).to(result_dtype)`).
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
         let adapter = match (&self.adapter, self.merged) {
             (Some(adapter), None) => adapter,
             _ => return self.base(x),
         };
-        match adapter {
+        let (outer, inner) = (x.dtype(), adapter.dtype());
+        let within = |y: Tensor<B, 3>| to_dtype(y, inner);
+        let y = match adapter {
             Adapter::Lora(lora) => {
                 let [b, n, d_in] = x.dims();
-                let delta = lora
-                    .delta(x.clone().reshape([b * n, d_in]))
-                    .reshape([b, n, self.d_out()]);
-                self.base(x) + delta
+                let delta =
+                    lora.delta(within(x.clone()).reshape([b * n, d_in]))
+                        .reshape([b, n, self.d_out()]);
+                within(self.base(x)) + delta
             }
             Adapter::Ia3(ia3) => {
                 let l = ia3.ia3_l.val().unsqueeze::<3>();
                 if ia3.feedforward {
-                    self.base(x * l)
+                    self.base(to_dtype(within(x) * l, outer))
                 } else {
-                    self.base(x) * l
+                    within(self.base(x)) * l
                 }
             }
-            Adapter::RoutedLora(routed) => self.base(x.clone()) + routed.delta(x, ctx),
+            Adapter::RoutedLora(routed) => within(self.base(x.clone())) + routed.delta(within(x), ctx),
             Adapter::RoutedIa3(routed) => {
                 let l = routed.scaling(x.dims()[0], ctx);
                 if routed.feedforward {
-                    self.base(x * l)
+                    self.base(to_dtype(within(x) * l, outer))
                 } else {
-                    self.base(x) * l
+                    within(self.base(x)) * l
                 }
             }
-        }
+        };
+        to_dtype(y, outer)
     }
 
     /// The base weight with the adapter folded in, for `task` when the adapter is routed.
@@ -199,6 +217,8 @@ impl<B: Backend> AdaptedLinear<B> {
         sign: f64,
     ) -> Result<Tensor<B, 2>, CoreError> {
         let w = self.weight.val();
+        // The update in the weight's dtype (peft's `delta_weight.to(weight.dtype)` on a bf16 base).
+        let dtype = w.dtype();
         let (d_in, d_out) = (self.d_in(), self.d_out());
         let own_router = |router: &'_ SiteRouter<B>| {
             router.own().cloned().ok_or_else(|| {
@@ -219,7 +239,7 @@ impl<B: Backend> AdaptedLinear<B> {
             )),
         };
         let scale_rows_or_cols = |l: Tensor<B, 1>, feedforward: bool| {
-            let l = if sign < 0.0 { l.recip() } else { l };
+            let l = to_dtype(if sign < 0.0 { l.recip() } else { l }, dtype);
             if feedforward {
                 w.clone() * l.reshape([d_in, 1])
             } else {
@@ -227,11 +247,11 @@ impl<B: Backend> AdaptedLinear<B> {
             }
         };
         Ok(match adapter {
-            Adapter::Lora(lora) => w.clone() + lora.dense_update() * sign,
+            Adapter::Lora(lora) => w.clone() + to_dtype(lora.dense_update() * sign, dtype),
             Adapter::RoutedLora(routed) => {
                 let router = own_router(&routed.router)?;
                 let t = task_of(router.n_tasks())?;
-                w.clone() + routed.dense_update(&router, t) * sign
+                w.clone() + to_dtype(routed.dense_update(&router, t) * sign, dtype)
             }
             Adapter::Ia3(ia3) => scale_rows_or_cols(ia3.ia3_l.val(), ia3.feedforward),
             Adapter::RoutedIa3(routed) => {

@@ -9,6 +9,7 @@
 mod adapted_linear;
 mod config;
 mod diagnostics;
+mod dtype;
 mod error;
 mod host;
 mod ia3;
@@ -29,6 +30,7 @@ pub use config::{
     RouterGranularity, RoutingConfig,
 };
 pub use diagnostics::RoutingDiagnostics;
+pub use dtype::to_dtype;
 pub use error::CoreError;
 pub use host::AdapterHost;
 pub use ia3::{Ia3, RoutedIa3};

@@ -4,8 +4,9 @@
 //! encoder output (computed on the first step).
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::log_softmax;
-use mhr_core::RoutingContext;
+use mhr_core::{RoutingContext, to_dtype};
 
 use crate::error::ModelError;
 use crate::t5::{EncoderOutput, T5ForConditionalGeneration};
@@ -167,7 +168,8 @@ impl<B: Backend> Decoding<'_, B> {
             &self.ctx,
         );
         let [n, t, v] = logits.dims();
-        logits.slice([0..n, t - 1..t, 0..v]).reshape([n, v])
+        // In f32 whatever the model's dtype, as transformers' `generate`.
+        to_dtype(logits.slice([0..n, t - 1..t, 0..v]).reshape([n, v]), DType::F32)
     }
 
     /// Beam search moved row `i` of the next step to `rows[i]` of this one.

@@ -5,6 +5,7 @@
 //!   or a single or sharded `pytorch_model.bin` when there are no safetensors) with HF's parameter names;
 //!   T5 v1.0 (relu, tied head scaled by `d_model^-0.5`) and v1.1 / LM-adapt / T0 (gated-gelu, untied head)
 //!   are told apart by the config as transformers does.
+//! - [`T5ForConditionalGeneration::load_as`] keeps the base in bf16 ([`Precision`]), adapters in f32.
 //! - [`T5ForConditionalGeneration::forward`] gives logits, the loss and the per-example label log-likelihood
 //!   (rank classification); [`T5ForConditionalGeneration::generate`] does greedy or beam search with a
 //!   key/value cache.
@@ -20,6 +21,7 @@ mod generation;
 #[cfg(feature = "hub")]
 pub mod hub;
 mod loader;
+mod precision;
 mod pytorch;
 pub mod t5;
 
@@ -30,4 +32,5 @@ pub use loader::{
     CONFIG_FILE, PYTORCH_WEIGHTS_FILE, PYTORCH_WEIGHTS_INDEX_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
     has_weights,
 };
+pub use precision::Precision;
 pub use t5::{EncoderOutput, Seq2SeqLmOutput, T5ForConditionalGeneration, relative_position_bucket};

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::{DType, Distribution, TensorCreationOptions};
 use mhr_core::io::SafetensorsFile;
 use serde::Deserialize;
 
@@ -174,12 +174,14 @@ pub(crate) struct Checkpoint<'a, B: Backend> {
     /// Named in errors about missing keys: the single file, or the shard index.
     listing: PathBuf,
     device: &'a B::Device,
+    /// What each tensor becomes on the device, one at a time (the host holds one tensor's f32 copy at most).
+    dtype: DType,
 }
 
 impl<'a, B: Backend> Checkpoint<'a, B> {
     /// Opens the first layout of [`LAYOUTS`] the folder has: `model.safetensors`, the shards listed by
     /// `model.safetensors.index.json`, `pytorch_model.bin`, or the shards of `pytorch_model.bin.index.json`.
-    pub fn open(dir: &Path, device: &'a B::Device) -> Result<Self, ModelError> {
+    pub fn open(dir: &Path, device: &'a B::Device, dtype: DType) -> Result<Self, ModelError> {
         for (single, index, format) in LAYOUTS {
             let single = dir.join(single);
             let index = dir.join(index);
@@ -199,11 +201,17 @@ impl<'a, B: Backend> Checkpoint<'a, B> {
                 taken: BTreeSet::new(),
                 listing,
                 device,
+                dtype,
             });
         }
         Err(ModelError::NoWeights {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// A tensor of `dtype` on the device (without it, `from_data` takes the device's default float dtype).
+    fn options(&self) -> TensorCreationOptions<B> {
+        TensorCreationOptions::new(self.device.clone()).with_dtype(self.dtype)
     }
 
     /// Reads `key` as f32 after checking its shape, and marks it used.
@@ -322,7 +330,8 @@ impl<B: Backend> WeightSource<B> for Checkpoint<'_, B> {
         shape: [usize; D],
         _init: Init,
     ) -> Result<Tensor<B, D>, ModelError> {
-        Ok(Tensor::from_data(self.read(key, &shape)?, self.device))
+        let data = self.read(key, &shape)?.convert_dtype(self.dtype);
+        Ok(Tensor::from_data(data, self.options()))
     }
 
     fn linear(
@@ -332,8 +341,8 @@ impl<B: Backend> WeightSource<B> for Checkpoint<'_, B> {
         d_out: usize,
         _std: f64,
     ) -> Result<Tensor<B, 2>, ModelError> {
-        let data = transpose(self.read(key, &[d_out, d_in])?, d_out, d_in);
-        Ok(Tensor::from_data(data, self.device))
+        let data = transpose(self.read(key, &[d_out, d_in])?, d_out, d_in).convert_dtype(self.dtype);
+        Ok(Tensor::from_data(data, self.options()))
     }
 
     fn tensor_any<const D: usize>(

@@ -18,7 +18,7 @@ use mhr_data::{
     Encoder, EncoderConfig, Example, SniDir, SniPromptFormat, SniTestSet, Task, TaskIndex, TaskList,
     sni_few_shot,
 };
-use mhr_models::{T5Config, T5ForConditionalGeneration};
+use mhr_models::{Precision, T5Config, T5ForConditionalGeneration};
 use serde::{Deserialize, Serialize};
 
 use mhr_train::TrainConfig;
@@ -69,6 +69,9 @@ pub struct SniSettings {
     pub adaptation: TrainConfig,
     /// Peak learning rate of the whole model for `full-ft`, in both stages (`optim.lr` is the adapters').
     pub full_ft_lr: f64,
+    /// The base weights' precision: `f32`, or `bf16` with f32 adapters (flex or cuda); paper-sni takes bf16 on cuda, as the paper.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for SniSettings {
@@ -123,6 +126,7 @@ impl SniSettings {
             pretraining: stage(12, 1e-2, 1.0),
             adaptation: stage(4, 1e-2, 1.0),
             full_ft_lr: 1e-2,
+            precision: Precision::F32,
         }
     }
 
@@ -207,13 +211,14 @@ fn load_tasks(sni: &SniDir, list: &Path, n: usize, max: usize) -> Result<Vec<Tas
 fn base_model<B: Backend>(
     loaded: Option<&Model<B>>,
     seed: u64,
+    precision: Precision,
     device: &B::Device,
 ) -> Result<Model<B>, TrainError> {
     Ok(match loaded {
         Some(model) => model.clone(),
         None => {
             B::seed(device, seed);
-            Model::<B>::new(&random_model_config(), device)?
+            Model::<B>::new(&random_model_config(), device)?.with_precision(precision)?
         }
     })
 }
@@ -254,7 +259,7 @@ where
     let loaded = settings
         .model
         .as_ref()
-        .map(|dir| Model::<B>::load(dir, device))
+        .map(|dir| Model::<B>::load_as(dir, settings.precision, device))
         .transpose()?;
     let vocab_size = loaded
         .as_ref()
@@ -274,7 +279,7 @@ where
     let mut rows = Vec::new();
     for &seed in &settings.seeds {
         for &method in &methods {
-            let base = base_model(loaded.as_ref(), seed, device)?;
+            let base = base_model(loaded.as_ref(), seed, settings.precision, device)?;
             let seeds = StageSeeds::pretraining(seed);
             let model = pretraining_model(base, method, sizes, &targets, index.len(), seeds)?;
             let label = format!("{method} pre-training, seed {seed}");

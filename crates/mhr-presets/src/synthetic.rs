@@ -18,7 +18,7 @@ use mhr_core::peft::TargetModules;
 use mhr_core::{AdapterHost, Method, RoutingMode, Stage};
 use mhr_data::EncodedExample;
 use mhr_data::synthetic::{ComposedTask, Skill, SyntheticSuite, SyntheticVocab, sample_input};
-use mhr_models::{T5Config, T5ForConditionalGeneration};
+use mhr_models::{Precision, T5Config, T5ForConditionalGeneration};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,9 @@ pub struct SyntheticSettings {
     /// at the pre-training learning rate.
     pub adaptation: TrainConfig,
     pub n_test: usize,
+    /// The frozen base's precision in stages 2–3: `f32`, or `bf16` with f32 adapters (flex or cuda). Stage 1
+    /// trains the base in f32 whatever it is.
+    pub precision: Precision,
 }
 
 impl Default for SyntheticSettings {
@@ -97,6 +100,7 @@ impl Default for SyntheticSettings {
             pretraining: stage(1000, 64, 5e-3),
             adaptation: stage(50, 32, 2e-3),
             n_test: 100,
+            precision: Precision::F32,
         }
     }
 }
@@ -402,7 +406,8 @@ fn record_bytes<B: Backend, M: Module<B>>(model: &M) -> Result<Vec<u8>, TrainErr
 }
 
 /// Stage 1, or its cached result under `cache` (what a seed worker loads after [`prepare`] trained it):
-/// `base/` holds `config.json`, `settings.json` and `model.mpk`; trained anew when missing or stale.
+/// `base/` holds `config.json`, `settings.json` and `model.mpk` (f32); trained anew when missing or stale. The
+/// base is returned in the settings' precision.
 pub fn cached_base<B: AutodiffBackend>(
     settings: &SyntheticSettings,
     cache: &Path,
@@ -428,7 +433,7 @@ pub fn cached_base<B: AutodiffBackend>(
         )
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", model_path.display())))?;
         eprintln!("stage 1: base model loaded from {}", dir.display());
-        return Ok(fresh.load_record(record));
+        return Ok(fresh.load_record(record).with_precision(settings.precision)?);
     }
     let model = Method::FullFinetune.trainable(Stage::Pretrain).apply(fresh);
     // The prototype's stage 1: 100 warm-up steps, then linear decay to 5 %, clipped at 1, no routing to sample.
@@ -467,7 +472,7 @@ pub fn cached_base<B: AutodiffBackend>(
     mhr_core::io::write_atomic(&model_path, &record_bytes(&frozen)?)?;
     write_json(&dir.join("config.json"), &config)?;
     write_json(&dir.join("settings.json"), &key)?;
-    Ok(frozen)
+    Ok(frozen.with_precision(settings.precision)?)
 }
 
 /// A stage of the prototype: AdamW (ε 1e-8) without weight decay or clipping, a constant learning rate, logits at

@@ -14,7 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TargetModules;
 use mhr_core::{Method, RoutingConfig};
 use mhr_data::{Encoder, EncoderConfig, P3Dir, P3Options, T0_SEEDS, T0Dataset, T0Dir, TaskIndex};
-use mhr_models::T5ForConditionalGeneration;
+use mhr_models::{Precision, T5ForConditionalGeneration};
 use serde::{Deserialize, Serialize};
 
 use mhr_train::TrainConfig;
@@ -75,6 +75,10 @@ pub struct T0Settings {
     pub n_test: usize,
     /// Examples per rank-classification batch (each contributes one row per answer choice).
     pub eval_batch: usize,
+    /// The base weights' precision: `f32`, or `bf16` with f32 adapters (flex or cuda); bf16 on cuda by default,
+    /// as the paper's runs.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// The method table, in table order (PAPER.md §3.1).
@@ -156,6 +160,7 @@ impl T0Settings {
             adaptation: stage(1000, 1, 3e-3),
             n_test: usize::MAX,
             eval_batch: 16,
+            precision: Precision::F32,
         }
     }
 
@@ -219,7 +224,7 @@ where
     std::fs::create_dir_all(out).map_err(TrainError::io(out))?;
     write_json(&out.join("settings.json"), settings)?;
 
-    let base = Model::<B>::load(&settings.model, device)?;
+    let base = Model::<B>::load_as(&settings.model, settings.precision, device)?;
     let tokenizer = load_tokenizer(Some(&settings.tokenizer), base.config().vocab_size)?;
     let encoder = Encoder::new(
         tokenizer,

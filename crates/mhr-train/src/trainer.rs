@@ -200,7 +200,9 @@ fn model_from<B: Backend>(
         what: format!("model of step {}", checkpoint.step),
         source,
     })?;
-    Ok(model.load_record(record))
+    // Records hold f32: a bf16 base goes back to bf16 (its values are bf16 numbers, so exactly).
+    let precision = model.precision();
+    Ok(model.load_record(record).with_precision(precision)?)
 }
 
 /// The weights of `run`'s latest checkpoint put into `model` (which must have the structure it was saved

@@ -104,3 +104,18 @@ fn t5_logits_match_the_fixtures_on_wgpu() {
         );
     }
 }
+
+/// Vulkan through WGPU has no bf16 arithmetic: a bf16 model is refused by name before any weight is read.
+#[test]
+fn bf16_is_refused_on_wgpu() {
+    if !wgpu_available() {
+        return;
+    }
+    let err = mhr_models::T5ForConditionalGeneration::<Wgpu>::load_as(
+        t5_fixture("t5-v1_1"),
+        mhr_models::Precision::Bf16,
+        &WgpuDevice::DefaultDevice,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("bf16 is not supported by the"), "{err}");
+}

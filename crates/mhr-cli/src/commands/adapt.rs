@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TASKS_FILE;
 use mhr_data::{EncodedChoices, EncodedExample};
-use mhr_models::check_dropout_rate;
+use mhr_models::{Precision, check_dropout_rate};
 use mhr_train::pipeline::StageData;
 use mhr_train::sni::encode_all;
 use mhr_train::t0::encode_choices;
@@ -22,7 +22,7 @@ use crate::commands::run_dir::{
     ADAPT_CONFIG, ADAPTER_DIR, AdaptSettings, Run, RunKind, absolute, check_model_dir, parse_method,
     peft_adapter, read_toml, train_in_run, write_toml,
 };
-use crate::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
+use crate::device::{BackendTask, DeviceSpec, ensure_compiled, ensure_precision, with_backend};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -60,6 +60,9 @@ pub struct Args {
     /// T5's dropout in training (default: the run's, else the model's config.json).
     #[arg(long)]
     pub dropout_rate: Option<f64>,
+    /// The base weights' precision, f32 or bf16 (default: the pre-training run's).
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// SNI: the first N instances of the task file are its test set (never trained on).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub test_instances: usize,
@@ -68,7 +71,7 @@ pub struct Args {
     pub out: PathBuf,
     /// Continue the adaptation in --out from its latest checkpoint, with its own adapt.toml.
     #[arg(long, conflicts_with_all = ["run", "task", "t0", "k", "seed", "method", "batch_size", "lr", "routing_lr",
-        "dropout_rate"])]
+        "dropout_rate", "precision"])]
     pub resume: bool,
     /// Stop after this many steps (checkpointed) as if interrupted; --resume continues exactly.
     #[arg(long, value_name = "N")]
@@ -113,6 +116,7 @@ impl Args {
             k,
             seed,
             test_instances: self.test_instances,
+            precision: self.precision,
             train,
         })
     }
@@ -202,6 +206,10 @@ pub fn run(args: Args) -> Result<()> {
     // An unknown T0 dataset is named as such before any routing-row check.
     adapt.t0_dataset()?;
     let task_id = adapt.task_id(&pretrained, method)?;
+    ensure_precision(
+        args.device,
+        adapt.precision.unwrap_or(pretrained.settings.precision),
+    )?;
     let model_config = check_model_dir(&pretrained.settings.model)?;
     let encoder = adapt.encoder(&pretrained.settings, &model_config)?;
     let split = adapt.split(&pretrained.settings)?;

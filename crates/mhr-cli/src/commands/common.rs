@@ -16,7 +16,7 @@ use mhr_core::io::{SafetensorsFile, write_safetensors};
 use mhr_core::peft::{PeftAdapter, PeftKind};
 use mhr_core::{AdapterHost, IGNORE_INDEX, RoutingContext, RoutingMode};
 use mhr_models::hub::{Hub, ModelFiles};
-use mhr_models::{CONFIG_FILE, T5Config, T5ForConditionalGeneration};
+use mhr_models::{CONFIG_FILE, Precision, T5Config, T5ForConditionalGeneration};
 
 use crate::device::{DeviceSpec, ensure_compiled};
 
@@ -35,6 +35,9 @@ pub struct ModelArgs {
     /// Backend and device: cpu, ndarray, flex, wgpu[:N] or cuda[:N] (as compiled in; see `mhr devices`).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
+    /// The base weights' precision: f32, or bf16 (adapters stay f32; flex or cuda).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Refuse inputs whose largest intermediate tensor (attention scores, logits, key/value cache)
     /// would exceed this many GiB.
     #[arg(long, value_name = "GIB", default_value_t = 8.0)]
@@ -44,6 +47,7 @@ pub struct ModelArgs {
 /// The model folder's config and the adapter (read on the host, before any backend starts).
 pub struct Prepared {
     pub model_dir: PathBuf,
+    pub precision: Precision,
     pub config: T5Config,
     /// The adapter folder and its contents.
     pub adapter: Option<(PathBuf, PeftAdapter)>,
@@ -90,6 +94,7 @@ impl ModelArgs {
         };
         Ok(Prepared {
             model_dir,
+            precision: self.precision,
             config,
             adapter,
             n_tasks,
@@ -104,7 +109,7 @@ impl ModelArgs {
 impl Prepared {
     /// Loads the weights on `device` and puts the adapter on them.
     pub fn load_model<B: Backend>(&self, device: &B::Device) -> Result<T5ForConditionalGeneration<B>> {
-        let model = T5ForConditionalGeneration::<B>::load(&self.model_dir, device)
+        let model = T5ForConditionalGeneration::<B>::load_as(&self.model_dir, self.precision, device)
             .with_context(|| format!("--model {}", self.model_dir.display()))?;
         Ok(match &self.adapter {
             Some((dir, adapter)) => model

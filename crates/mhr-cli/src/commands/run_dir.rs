@@ -24,7 +24,7 @@ use mhr_data::{
     Encoder, EncoderConfig, FewShotSplit, SniDir, SniPromptFormat, SniTask, SniTestSet, T0Dataset, T0Dir,
     TextTokenizer, sni_few_shot,
 };
-use mhr_models::{CONFIG_FILE, ModelError, T5Config, T5ForConditionalGeneration, has_weights};
+use mhr_models::{CONFIG_FILE, ModelError, Precision, T5Config, T5ForConditionalGeneration, has_weights};
 use mhr_train::TrainConfig;
 use mhr_train::methods::AdapterSizes;
 use mhr_train::pipeline::{StageData, StageSeeds, adaptation_model, pretraining_model, train_stage};
@@ -73,6 +73,9 @@ pub struct TrainSettings {
     pub target_modules: Vec<String>,
     #[serde(default)]
     pub adapter: AdapterSizes,
+    /// The base weights' precision: `f32`, or `bf16` (adapters stay f32; flex or cuda).
+    #[serde(default)]
+    pub precision: Precision,
     #[serde(default)]
     pub train: TrainConfig,
 }
@@ -111,6 +114,9 @@ pub struct AdaptSettings {
     pub seed: u64,
     /// SNI only: the first `test_instances` instances of the task file are its test set, never trained on.
     pub test_instances: usize,
+    /// The base weights' precision; absent: the pre-training run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     pub train: TrainConfig,
 }
 
@@ -205,7 +211,7 @@ impl TrainSettings {
         n_tasks: usize,
         device: &B::Device,
     ) -> Result<Model<B>> {
-        let model = Model::<B>::load(&self.model, device)
+        let model = Model::<B>::load_as(&self.model, self.precision, device)
             .with_context(|| format!("model {}", self.model.display()))?;
         Ok(pretraining_model(
             model,
@@ -362,7 +368,10 @@ impl Run {
             RunKind::Pretrain => self.settings.skeleton(self.method, self.tasks.len(), device),
             RunKind::Adapt(adapt, pretrained) => {
                 let seeds = adapt.stage_seeds(adapt.task_id(pretrained, self.method)?);
-                let model = pretrained.load_model::<B>(device)?;
+                let mut model = pretrained.load_model::<B>(device)?;
+                if let Some(precision) = adapt.precision {
+                    model = model.with_precision(precision)?;
+                }
                 Ok(adaptation_model(
                     model,
                     self.method,

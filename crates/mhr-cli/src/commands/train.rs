@@ -11,7 +11,7 @@ use mhr_core::TaskMap;
 use mhr_core::peft::TASKS_FILE;
 use mhr_data::EncodedExample;
 use mhr_data::{SniDir, T0Dataset, TaskIndex, TaskList};
-use mhr_models::check_dropout_rate;
+use mhr_models::{Precision, check_dropout_rate};
 use mhr_train::pipeline::StageData;
 use mhr_train::sni::{encode_tasks, load_tasks};
 
@@ -20,7 +20,7 @@ use crate::commands::run_dir::{
     ADAPTER_DIR, TRAIN_CONFIG, TrainSettings, absolute, check_model_dir, peft_adapter, read_toml,
     train_in_run, write_toml,
 };
-use crate::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
+use crate::device::{BackendTask, DeviceSpec, ensure_compiled, ensure_precision, with_backend};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,7 +32,7 @@ pub struct Args {
     pub out: PathBuf,
     /// Continue the run in --out from its latest checkpoint, with its own config.toml.
     #[arg(long, conflicts_with_all = ["config", "method", "model", "tokenizer", "sni", "train_tasks",
-          "held_out_tasks", "steps", "batch_size", "seed", "lr"])]
+          "held_out_tasks", "steps", "batch_size", "seed", "lr", "precision"])]
     pub resume: bool,
     /// `method`: lora, ia3, private, poly, mhr, full-ft (or a -z / -mu variant).
     #[arg(long)]
@@ -65,6 +65,9 @@ pub struct Args {
     /// `train.optim.lr`.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// `precision`: f32, or bf16 (base weights in bf16, adapters in f32; flex or cuda).
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Stop after this many steps (checkpointed) as if interrupted; --resume continues exactly.
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
@@ -94,6 +97,10 @@ impl Args {
             ("sni", self.sni.as_deref().map(path)),
             ("train_tasks", self.train_tasks.as_deref().map(path)),
             ("held_out_tasks", self.held_out_tasks.as_deref().map(path)),
+            (
+                "precision",
+                self.precision.map(|p| toml::Value::String(p.to_string())),
+            ),
         ];
         for (key, value) in top {
             if let Some(value) = value {
@@ -226,6 +233,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(rate) = train.dropout_rate {
         check_dropout_rate(rate).map_err(|e| anyhow!("{}: train.dropout_rate {e}", origin.display()))?;
     }
+    ensure_precision(args.device, settings.precision)?;
     let model_config = check_model_dir(&settings.model)?;
     let encoder = settings.encoder(&model_config)?;
     let sni = SniDir::open(&settings.sni)?;

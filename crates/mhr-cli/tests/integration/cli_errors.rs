@@ -498,6 +498,15 @@ fn model_copy(case: &Case, config: Option<&str>, weights: Option<&[u8]>) -> Path
     dir
 }
 
+/// A copy of the v1.1 fixture, its weights as they are and its config.json with `edit` applied.
+fn model_with_config(case: &Case, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let original = std::fs::read_to_string(fixture("t5-v1_1").join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+    edit(&mut config);
+    let weights = std::fs::read(fixture("t5-v1_1").join("model.safetensors")).unwrap();
+    model_copy(case, Some(&config.to_string()), Some(&weights))
+}
+
 #[test]
 fn model_folder_without_weights() {
     let case = Case::new();
@@ -555,11 +564,7 @@ fn malformed_model_config() {
 fn model_config_with_a_dropout_rate_of_one() {
     let case = Case::new();
     let path = case.batch(&base_batch());
-    let original = std::fs::read_to_string(fixture("t5-v1_1").join("config.json")).unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
-    config["dropout_rate"] = serde_json::json!(1.0);
-    let weights = std::fs::read(fixture("t5-v1_1").join("model.safetensors")).unwrap();
-    let model = model_copy(&case, Some(&config.to_string()), Some(&weights));
+    let model = model_with_config(&case, |c| c["dropout_rate"] = serde_json::json!(1.0));
     let output = case.run("score", model.to_str().unwrap(), None, &path, &[]);
     case.assert_fails(
         &output,
@@ -573,11 +578,7 @@ fn model_config_with_a_dropout_rate_of_one() {
 fn model_config_with_absurd_sizes() {
     let case = Case::new();
     let path = case.batch(&base_batch());
-    let original = std::fs::read_to_string(fixture("t5-v1_1").join("config.json")).unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
-    config["vocab_size"] = serde_json::json!(1u64 << 40);
-    let weights = std::fs::read(fixture("t5-v1_1").join("model.safetensors")).unwrap();
-    let model = model_copy(&case, Some(&config.to_string()), Some(&weights));
+    let model = model_with_config(&case, |c| c["vocab_size"] = serde_json::json!(1u64 << 40));
     let output = case.run("score", model.to_str().unwrap(), None, &path, &[]);
     case.assert_fails(&output, FAILED, &["logits", "--max-tensor-gib"]);
 }
@@ -779,11 +780,7 @@ fn data_stats_on_a_malformed_task_file() {
 fn model_weights_that_do_not_fit_the_config() {
     let case = Case::new();
     let path = case.batch(&base_batch());
-    let original = std::fs::read_to_string(fixture("t5-v1_1").join("config.json")).unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
-    config["d_ff"] = serde_json::json!(97);
-    let weights = std::fs::read(fixture("t5-v1_1").join("model.safetensors")).unwrap();
-    let model = model_copy(&case, Some(&config.to_string()), Some(&weights));
+    let model = model_with_config(&case, |c| c["d_ff"] = serde_json::json!(97));
     let output = case.run("score", model.to_str().unwrap(), None, &path, &[]);
     case.assert_fails(&output, FAILED, &["model.safetensors", "has shape", "expected"]);
 }

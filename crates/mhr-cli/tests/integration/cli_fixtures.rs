@@ -67,6 +67,49 @@ fn score_reproduces_the_base_fixtures() {
     }
 }
 
+/// `--precision bf16` scores with the base in bf16: within bf16's resolution of the f32 fixtures, and not
+/// the f32 numbers; ndarray, which has no bf16, refuses it by name.
+#[test]
+fn score_in_bf16() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "t5-v1_1";
+    let out = dir.path().join("bf16.safetensors");
+    let run = |device: &str| {
+        mhr([
+            "score",
+            "--model",
+            &fixture(model).display().to_string(),
+            "--batch",
+            &reference(model).display().to_string(),
+            "--precision",
+            "bf16",
+            "--device",
+            device,
+            "--out",
+            &out.display().to_string(),
+        ])
+    };
+    assert_success(&run("cpu"));
+    let (found, expected) = (read(&out), read(&reference(model)));
+    let (logits, reference_logits) = (found["logits"].to_f32(), expected["logits"].to_f32());
+    let scale = reference_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = max_abs_diff(&logits, &reference_logits);
+    assert!(
+        diff > TOLERANCE && diff < 0.02 * scale,
+        "bf16 logits differ from f32 by {diff} (scale {scale})"
+    );
+    let loss_diff = max_abs_diff(&found["loss"].to_f32(), &expected["loss"].to_f32());
+    assert!(loss_diff < 0.01, "bf16 loss differs from f32 by {loss_diff}");
+    std::fs::remove_file(&out).unwrap();
+    let refused = run("ndarray");
+    assert!(!refused.status.success() && !out.exists());
+    assert!(
+        stderr(&refused).contains("bf16 is not supported by the"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
 #[test]
 fn score_reproduces_the_adapter_fixtures() {
     let dir = tempfile::tempdir().unwrap();

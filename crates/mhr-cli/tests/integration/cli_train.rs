@@ -324,39 +324,31 @@ fn bad_train_and_export_inputs_are_one_line_errors() {
     // Unknown config key, named.
     let config = setup.path("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        setup.path("bad.toml"),
-        text.replace("[train]\n", "[train]\nlearning_rate = 1\n"),
-    )
-    .unwrap();
-    let bad = setup.path("bad.toml");
-    let output = mhr([
-        "train",
-        "--config",
-        s(&bad),
-        "--method",
-        "mhr",
-        "--out",
-        s(&setup.path("b")),
-    ]);
-    assert_error(&output, &["bad.toml", "unknown field `learning_rate`"]);
-    // A dropout rate that cannot train, named with its file.
-    std::fs::write(
-        setup.path("drop.toml"),
-        text.replace("[train]\n", "[train]\ndropout_rate = 1.0\n"),
-    )
-    .unwrap();
-    let output = mhr([
-        "train",
-        "--config",
-        s(&setup.path("drop.toml")),
-        "--method",
-        "mhr",
-        "--out",
-        s(&setup.path("b2")),
-    ]);
+    // `mhr train --config FILE --method mhr --out OUT` with `[train]` of the setup's config edited.
+    let train_with = |file: &str, train_keys: &str, out: &str| {
+        let path = setup.path(file);
+        std::fs::write(
+            &path,
+            text.replace("[train]\n", &format!("[train]\n{train_keys}\n")),
+        )
+        .unwrap();
+        mhr([
+            "train",
+            "--config",
+            s(&path),
+            "--method",
+            "mhr",
+            "--out",
+            s(&setup.path(out)),
+        ])
+    };
     assert_error(
-        &output,
+        &train_with("bad.toml", "learning_rate = 1", "b"),
+        &["bad.toml", "unknown field `learning_rate`"],
+    );
+    // A dropout rate that cannot train, named with its file.
+    assert_error(
+        &train_with("drop.toml", "dropout_rate = 1.0", "b2"),
         &["drop.toml", "train.dropout_rate must be in [0, 1), found 1"],
     );
     assert!(!setup.path("b2").exists(), "nothing written");
@@ -413,6 +405,43 @@ fn bad_train_and_export_inputs_are_one_line_errors() {
         &setup.train("lora", "busy", &[]),
         &["not an empty folder", "--resume"],
     );
+}
+
+/// A run with its base in bf16: the precision is kept in the run's config, a resumed run ends with the weights of
+/// an uninterrupted one, `mhr adapt` inherits it, and ndarray (no bf16) refuses it before writing anything.
+#[test]
+fn bf16_run_resumes_exactly_and_adaptation_inherits_it() {
+    let setup = Setup::new();
+    assert_success(&setup.train("mhr", "pre", &["--precision", "bf16"]));
+    let config = std::fs::read_to_string(setup.path("pre/config.toml")).unwrap();
+    assert!(config.contains("precision = \"bf16\""), "{config}");
+    assert_success(&setup.train("mhr", "parts", &["--precision", "bf16", "--stop-after", "1"]));
+    assert_success(&mhr(["train", "--resume", "--out", s(&setup.path("parts"))]));
+    let weights =
+        |run: &str| std::fs::read(setup.path(run).join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(
+        weights("pre") == weights("parts"),
+        "resumed bf16 run's weights differ"
+    );
+    assert_success(&adapt(&setup, "adapted", &["--steps", "2"]));
+    assert!(
+        !std::fs::read_to_string(setup.path("adapted/adapt.toml"))
+            .unwrap()
+            .contains("precision")
+    );
+    let f32_run = setup.train("mhr", "f32", &[]);
+    assert_success(&f32_run);
+    assert!(weights("f32") != weights("pre"), "bf16 changed nothing");
+    assert_error(
+        &setup.train("mhr", "nd", &["--precision", "bf16", "--device", "ndarray"]),
+        &["bf16 is not supported by the ndarray backend"],
+    );
+    assert!(!setup.path("nd").exists(), "nothing written");
+    assert_error(
+        &adapt(&setup, "adapted-nd", &["--device", "ndarray"]),
+        &["bf16 is not supported by the ndarray backend"],
+    );
+    assert!(!setup.path("adapted-nd").exists(), "nothing written");
 }
 
 /// `mhr adapt --run pre --task HELD_OUT --k 4 --seed 1 --test-instances 4 --out OUT extra...`.

@@ -1,8 +1,9 @@
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::softmax;
-use mhr_core::{AdaptedLinear, RoutingContext};
+use mhr_core::{AdaptedLinear, RoutingContext, to_dtype};
 
 use crate::config::T5Config;
 use crate::error::ModelError;
@@ -180,7 +181,11 @@ impl<B: Backend> T5Attention<B> {
             Some(bias) => add_bias(scores, bias),
             None => scores,
         };
-        let weights = self.dropout.forward(softmax(scores, 3));
+        // The softmax in f32, its result in the scores' dtype (transformers' `softmax(scores.float())`).
+        let dtype = scores.dtype();
+        let weights = self
+            .dropout
+            .forward(to_dtype(softmax(to_dtype(scores, DType::F32), 3), dtype));
         let out = Self::merge_heads(weights.matmul(v));
         debug_assert_eq!(out.dims(), [b, t, self.o.d_in()]);
         self.o.forward(out, ctx)

@@ -1,7 +1,8 @@
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::{gelu, relu, sigmoid, silu};
-use mhr_core::{AdaptedLinear, RoutingContext};
+use mhr_core::{AdaptedLinear, RoutingContext, to_dtype};
 
 use crate::config::{Activation, FeedForwardKind, T5Config};
 use crate::error::ModelError;
@@ -22,12 +23,25 @@ fn activate<B: Backend>(activation: Activation, x: Tensor<B, 3>) -> Tensor<B, 3>
 /// `x·σ(2·√(2/π)·(x + 0.044715·x³))`: Burn's `gelu_approximate` takes a `powf` and a `tanh` (both scalar libm
 /// calls per element on the CPU backends, and `tanh`'s backward recomputes it), where `sigmoid` is one fused
 /// op with a one-pass backward. This was a quarter of a `gated-gelu` training step.
+///
+/// In a lower precision it is transformers' own sequence of ops, each computed in f32 (torch's "opmath", its
+/// scalars unrounded) and rounded to the tensor's dtype, so that a bf16 run rounds where transformers' does.
 fn gelu_tanh<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     /// `2·√(2/π)`
     const C1: f64 = 2.0 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
     const C2: f64 = C1 * 0.044715;
-    let inner = x.clone() * (x.clone() * x.clone() * C2 + C1);
-    x * sigmoid(inner)
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        let inner = x.clone() * (x.clone() * x.clone() * C2 + C1);
+        return x * sigmoid(inner);
+    }
+    let round = |y: Tensor<B, 3>| to_dtype(to_dtype(y, dtype), DType::F32);
+    let x = to_dtype(x, DType::F32);
+    // torch's `pow(x, 3.0)` rounds `x·x`, then `x·x·x`.
+    let cube = round(round(x.clone() * x.clone()) * x.clone());
+    let inner = round(x.clone() + round(cube * 0.044715));
+    let tanh = round(round(inner * (C1 / 2.0)).tanh());
+    to_dtype(x * 0.5 * round(tanh + 1.0), dtype)
 }
 
 /// `wo(dropout(act(wi x)))`: T5 v1.0.

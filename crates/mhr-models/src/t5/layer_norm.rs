@@ -1,5 +1,7 @@
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::DType;
+use mhr_core::to_dtype;
 
 use crate::error::ModelError;
 use crate::loader::{Init, WeightSource};
@@ -30,9 +32,12 @@ impl<B: Backend> T5LayerNorm<B> {
         })
     }
 
-    /// `[b, t, d] → [b, t, d]`
+    /// `[b, t, d] → [b, t, d]`, normalised in f32 and returned in the weight's dtype (transformers').
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let weight = self.weight.val();
+        let x = to_dtype(x, DType::F32);
         let variance = x.clone().powi_scalar(2).mean_dim(2);
-        x * (variance + self.eps).sqrt().recip() * self.weight.val().unsqueeze()
+        let normed = x * (variance + self.eps).sqrt().recip();
+        to_dtype(normed, weight.dtype()) * weight.unsqueeze()
     }
 }

@@ -1,16 +1,18 @@
 use std::path::Path;
 
-use burn::module::Param;
+use burn::module::{ModuleMapper, Param};
 use burn::nn::DropoutConfig;
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::embedding;
-use mhr_core::{AdaptedLinear, AdapterHost, IGNORE_INDEX, RoutingContext, SharedRouters};
+use mhr_core::{AdaptedLinear, AdapterHost, IGNORE_INDEX, RoutingContext, SharedRouters, to_dtype};
 
 use crate::config::{T5Config, check_dropout_rate};
 use crate::error::ModelError;
 use crate::generation::DecoderCache;
 use crate::loader::{CONFIG_FILE, Checkpoint, Init, RandomInit, WeightSource};
+use crate::precision::Precision;
 use crate::t5::attention::frozen;
 use crate::t5::stack::{MASKED, T5Stack};
 
@@ -94,9 +96,20 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
     /// Every parameter must be present with its shape, and every tensor of the files must be used, except
     /// copies of tied weights (`encoder.embed_tokens`, `decoder.embed_tokens`, and `lm_head` when tied).
     pub fn load(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_as(dir, Precision::F32, device)
+    }
+
+    /// [`Self::load`] with the base weights in `precision`, each converted as it is read (a bf16 checkpoint
+    /// is never held in f32 as a whole); refused on a backend that cannot compute in it.
+    pub fn load_as(
+        dir: impl AsRef<Path>,
+        precision: Precision,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        precision.check::<B>(device)?;
         let dir = dir.as_ref();
         let config = T5Config::load(dir.join(CONFIG_FILE))?;
-        let mut checkpoint = Checkpoint::open(dir, device)?;
+        let mut checkpoint = Checkpoint::open(dir, device, precision.dtype())?;
         let model = Self::build(&mut checkpoint, config)?;
         let embedding_shape = vec![model.config.vocab_size, model.config.d_model];
         let mut copies = vec![
@@ -155,6 +168,24 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         &self.config
     }
 
+    /// The dtype of the base weights and activations.
+    pub fn precision(&self) -> Precision {
+        match self.shared.val().dtype() {
+            DType::BF16 => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+
+    /// The model with its base weights (not its adapters or routers) cast to `precision`.
+    pub fn with_precision(self, precision: Precision) -> Result<Self, ModelError> {
+        precision.check::<B>(&self.shared.device())?;
+        let mut cast = BaseCast {
+            dtype: precision.dtype(),
+            path: Vec::new(),
+        };
+        Ok(self.map(&mut cast))
+    }
+
     /// The model with T5's dropout at `rate` at every site (`config.json`'s `dropout_rate` overridden, for
     /// one training stage, say). Burn's `Dropout` acts only under an autodiff backend: in training, as
     /// transformers' in `train()` mode.
@@ -194,9 +225,11 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         }
         self.check_routing(ctx, b)?;
         let s = attention_mask.dims()[1];
-        let mask_bias = mask_values
-            .contains(&0)
-            .then(|| (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, s]) * MASKED);
+        let dtype = self.shared.val().dtype();
+        let mask_bias = mask_values.contains(&0).then(|| {
+            let bias = (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, s]) * MASKED;
+            to_dtype(bias, dtype)
+        });
         let last_hidden_state =
             self.encoder
                 .encode(self.embed(input_ids), mask_bias.as_ref(), &self.with_routers(ctx));
@@ -303,7 +336,12 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         let hidden = hidden.reshape([b * t, d]);
         let logits = match &self.lm_head {
             Some(head) => hidden.matmul(head.val()),
-            None => (hidden * (d as f64).powf(-0.5)).matmul(self.shared.val().transpose()),
+            // The scale applied in f32 (as torch applies a scalar to bf16), so it is not rounded to bf16.
+            None => {
+                let dtype = hidden.dtype();
+                let scaled = to_dtype(to_dtype(hidden, DType::F32) * (d as f64).powf(-0.5), dtype);
+                scaled.matmul(self.shared.val().transpose())
+            }
         };
         logits.reshape([b, t, self.config.vocab_size])
     }
@@ -435,8 +473,37 @@ impl<B: Backend> AdapterHost<B> for T5ForConditionalGeneration<B> {
     }
 }
 
-/// Mean cross entropy `[1]` and per-example summed log-likelihood `[b]` of `labels` under `logits`.
+/// Casts the float parameters outside adapters and routers (the frozen base) to `dtype`.
+struct BaseCast {
+    dtype: DType,
+    path: Vec<String>,
+}
+
+impl<B: Backend> ModuleMapper<B> for BaseCast {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let adapter = self.path.iter().any(|p| p == "adapter" || p == "shared_routers");
+        let tensor = if adapter {
+            tensor
+        } else {
+            to_dtype(tensor, self.dtype)
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// Mean cross entropy `[1]` and per-example summed log-likelihood `[b]` of `labels` under `logits`, in f32
+/// whatever the logits' dtype.
 fn label_scores<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let logits = to_dtype(logits, DType::F32);
     let [b, t, _] = logits.dims();
     let ignored = labels.clone().equal_elem(IGNORE_INDEX);
     let targets = labels.mask_fill(ignored.clone(), 0).unsqueeze_dim(2);

@@ -1,6 +1,6 @@
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
-use mhr_core::RoutingContext;
+use mhr_core::{RoutingContext, to_dtype};
 
 use crate::config::{FeedForwardKind, T5Config};
 use crate::error::ModelError;
@@ -131,7 +131,8 @@ impl<B: Backend> T5Stack<B> {
             let causal: Vec<f32> = (start..k_len)
                 .flat_map(|q| (0..k_len).map(move |k| if k > q { MASKED } else { 0.0 }))
                 .collect();
-            Tensor::<B, 4>::from_data(TensorData::new(causal, [1, 1, t, k_len]), &x.device())
+            let causal = Tensor::<B, 4>::from_data(TensorData::new(causal, [1, 1, t, k_len]), &x.device());
+            to_dtype(causal, x.dtype())
         });
         let bias = match (self.position_bias(start, t, k_len), causal) {
             // `[h, t·k] + [1, t·k]`: a row broadcast (see `add_bias`).

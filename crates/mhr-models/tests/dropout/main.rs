@@ -97,6 +97,27 @@ impl Transcribed<'_> {
         attention.o.forward(out, &ctx)
     }
 
+    /// `T5LayerSelfAttention` of block `i`.
+    fn self_attention(
+        &self,
+        stack: Stack,
+        i: usize,
+        block: &T5Block<Grad>,
+        x: Tensor<Grad, 3>,
+        bias: &Tensor<Grad, 4>,
+    ) -> Tensor<Grad, 3> {
+        let layer = &block.self_attention;
+        let normed = layer.layer_norm.forward(x.clone());
+        let out = self.attention(
+            (stack, Site::SelfWeights(i)),
+            &layer.attention,
+            normed.clone(),
+            normed,
+            bias.clone(),
+        );
+        x + self.drop(stack, Site::SelfOutput(i), out)
+    }
+
     fn ff(&self, stack: Stack, i: usize, layer: &T5LayerFF<Grad>, x: Tensor<Grad, 3>) -> Tensor<Grad, 3> {
         let ctx = RoutingContext::untasked();
         let normed = layer.layer_norm.forward(x.clone());
@@ -130,16 +151,7 @@ impl Transcribed<'_> {
         let bias = position + padding.clone().expand([b, h, s, s]);
         let mut x = self.drop(stack, Site::Embeddings, embed(input_ids));
         for (i, block) in enc.block.iter().enumerate() {
-            let layer = &block.self_attention;
-            let normed = layer.layer_norm.forward(x.clone());
-            let out = self.attention(
-                (stack, Site::SelfWeights(i)),
-                &layer.attention,
-                normed.clone(),
-                normed,
-                bias.clone(),
-            );
-            x = x + self.drop(stack, Site::SelfOutput(i), out);
+            x = self.self_attention(stack, i, block, x, &bias);
             x = self.ff(stack, i, &block.ff, x);
         }
         let encoded = self.drop(stack, Site::StackOutput, enc.final_layer_norm.forward(x));
@@ -155,16 +167,7 @@ impl Transcribed<'_> {
         let cross_bias = padding.expand([b, h, t, s]);
         let mut x = self.drop(stack, Site::Embeddings, embed(decoder_input));
         for (i, block) in dec.block.iter().enumerate() {
-            let layer = &block.self_attention;
-            let normed = layer.layer_norm.forward(x.clone());
-            let out = self.attention(
-                (stack, Site::SelfWeights(i)),
-                &layer.attention,
-                normed.clone(),
-                normed,
-                self_bias.clone(),
-            );
-            x = x + self.drop(stack, Site::SelfOutput(i), out);
+            x = self.self_attention(stack, i, block, x, &self_bias);
             let layer = block.cross_attention.as_ref().expect("a decoder block");
             let normed = layer.layer_norm.forward(x.clone());
             let out = self.attention(

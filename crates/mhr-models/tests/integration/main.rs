@@ -5,4 +5,5 @@ mod adapters;
 mod base_models;
 mod common;
 mod loading;
+mod precision;
 mod pytorch_bin;

@@ -11,10 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::backend::AutodiffBackend;
+use burn_flex::Flex;
 use mhr_core::peft::TargetModules;
 use mhr_core::{AdapterConfig, AdapterHost, Ia3Config, LoraConfig, Method, RoutedLoraConfig, Stage};
 use mhr_data::EncodedExample;
-use mhr_models::{T5Config, T5ForConditionalGeneration};
+use mhr_models::{Precision, T5Config, T5ForConditionalGeneration};
 use mhr_train::TrainConfig;
 use mhr_train::TrainError;
 use mhr_train::data::{ShuffledEpochs, StepData, StepShape};
@@ -26,7 +29,7 @@ type A = Autodiff<NdArray>;
 /// Burn's backend RNG is process-global: tests that seed it and compare runs must not interleave.
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn tiny_model() -> T5ForConditionalGeneration<A> {
+fn tiny_model<B: Backend>() -> T5ForConditionalGeneration<B> {
     let config: T5Config = serde_json::from_value(serde_json::json!({
         "vocab_size": 24, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_decoder_layers": 2,
         "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
@@ -34,7 +37,7 @@ fn tiny_model() -> T5ForConditionalGeneration<A> {
         "dropout_rate": 0.0
     }))
     .unwrap();
-    <A as Backend>::seed(&Default::default(), 1);
+    B::seed(&Default::default(), 1);
     T5ForConditionalGeneration::new(&config, &Default::default()).unwrap()
 }
 
@@ -88,6 +91,11 @@ fn config(steps: usize) -> TrainConfig {
 }
 
 fn adapted(method: Method) -> T5ForConditionalGeneration<A> {
+    adapted_on(method, Precision::F32)
+}
+
+/// The tiny model with `method`'s adapters (f32) on its base in `precision`.
+fn adapted_on<B: Backend>(method: Method, precision: Precision) -> T5ForConditionalGeneration<B> {
     let all = TargetModules::Names(
         ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
             .map(String::from)
@@ -99,7 +107,7 @@ fn adapted(method: Method) -> T5ForConditionalGeneration<A> {
         Method::Poly => AdapterConfig::RoutedLora(RoutedLoraConfig::new(4, 4, 1, 4)),
         _ => AdapterConfig::RoutedLora(RoutedLoraConfig::new(4, 4, 4, 4)),
     };
-    let model = tiny_model();
+    let model = tiny_model::<B>().with_precision(precision).unwrap();
     let model = if method == Method::FullFinetune {
         model
     } else {
@@ -148,7 +156,7 @@ impl<B: Backend> ModuleVisitor<B> for Flatten {
     }
 }
 
-fn flat<M: Module<A>>(m: &M) -> Vec<f32> {
+fn flat<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
     let mut f = Flatten(Vec::new());
     m.visit(&mut f);
     f.0
@@ -161,7 +169,7 @@ fn resumed_run_equals_uninterrupted_run() {
         checkpoint_every: 4,
         ..config(12)
     };
-    resumed_run_equals_uninterrupted(&cfg);
+    resumed_run_equals_uninterrupted::<A>(&cfg, Precision::F32);
 }
 
 /// T5's dropout draws its masks from the per-step seed, so a resumed run keeps them; the override holds for
@@ -174,7 +182,7 @@ fn dropout_changes_training_and_resumes_bit_identically() {
         dropout_rate: Some(0.1),
         ..config(12)
     };
-    let with_dropout = resumed_run_equals_uninterrupted(&cfg);
+    let with_dropout = resumed_run_equals_uninterrupted::<A>(&cfg, Precision::F32);
     assert_eq!(
         with_dropout.config().dropout_rate,
         0.0,
@@ -207,16 +215,70 @@ fn dropout_changes_training_and_resumes_bit_identically() {
     );
 }
 
-/// Trains MHR for `cfg` straight, and again stopped after 6 steps and resumed in a fresh model: the parameters
-/// must be bit-identical. Returns the straight run's model.
-fn resumed_run_equals_uninterrupted(cfg: &TrainConfig) -> T5ForConditionalGeneration<A> {
+/// A bf16 base under f32 adapters, on flex: the base stays bf16 and the adapters f32 through training and
+/// resume (bit-identical), and the loss follows the f32 run's.
+#[test]
+fn bf16_base_trains_like_f32_and_resumes_bit_identically() {
+    type F = Autodiff<Flex>;
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = TrainConfig {
+        checkpoint_every: 4,
+        ..config(12)
+    };
+    let trained = resumed_run_equals_uninterrupted::<F>(&cfg, Precision::Bf16);
+    assert_eq!(trained.precision(), Precision::Bf16);
+    let site = &trained.encoder.block[0].self_attention.attention.q;
+    assert_eq!(site.weight.val().dtype(), DType::BF16);
+    match &site.adapter {
+        Some(mhr_core::Adapter::RoutedLora(a)) => assert_eq!(a.poly_lora_a.val().dtype(), DType::F32),
+        _ => panic!("an MHR site"),
+    }
+    let data = examples();
+    let sampler = ShuffledEpochs::new(&data, &config(0), 0);
+    let losses = |precision| {
+        let model = adapted_on::<F>(Method::Mhr, precision);
+        let (_, outcome) = train(model, &sampler, &config(40), &RunOptions::default()).unwrap();
+        outcome
+            .losses
+            .into_iter()
+            .map(|(_, loss)| loss)
+            .collect::<Vec<_>>()
+    };
+    let (full, half) = (losses(Precision::F32), losses(Precision::Bf16));
+    let gap = full
+        .iter()
+        .zip(&half)
+        .map(|(a, b)| (a - b).abs() / a)
+        .fold(0.0, f64::max);
+    println!(
+        "bf16 vs f32 loss over 40 steps: largest relative gap {gap:.3e}; {:.4} → {:.4} vs {:.4} → {:.4}",
+        full[0], full[39], half[0], half[39]
+    );
+    assert!(
+        half[39] < half[0] * 0.9,
+        "bf16 trains: {} → {}",
+        half[0],
+        half[39]
+    );
+    assert!(
+        gap < 0.02,
+        "bf16 loss within 2 % of f32 at every step, found {gap}"
+    );
+}
+
+/// Trains MHR (its base in `precision`) for `cfg` straight, and again stopped after 6 steps and resumed in a
+/// fresh model: the parameters must be bit-identical. Returns the straight run's model.
+fn resumed_run_equals_uninterrupted<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    precision: Precision,
+) -> T5ForConditionalGeneration<B> {
     let data = examples();
     let sampler = ShuffledEpochs::new(&data, &config(0), 0);
     let cfg = cfg.clone();
     let straight_dir = tempfile::tempdir().unwrap();
     let straight_run = RunDir::new(straight_dir.path());
     let (straight, _) = train(
-        adapted(Method::Mhr),
+        adapted_on::<B>(Method::Mhr, precision),
         &sampler,
         &cfg,
         &RunOptions {
@@ -233,11 +295,11 @@ fn resumed_run_equals_uninterrupted(cfg: &TrainConfig) -> T5ForConditionalGenera
         stop_after: Some(6),
         ..Default::default()
     };
-    let (_, partial) = train(adapted(Method::Mhr), &sampler, &cfg, &stopped).unwrap();
+    let (_, partial) = train(adapted_on::<B>(Method::Mhr, precision), &sampler, &cfg, &stopped).unwrap();
     assert_eq!(partial.steps, 6);
     // A fresh process: a new model, resumed from the checkpoint of step 6.
     let (resumed, _) = train(
-        adapted(Method::Mhr),
+        adapted_on::<B>(Method::Mhr, precision),
         &sampler,
         &cfg,
         &RunOptions {
@@ -326,7 +388,7 @@ fn adaptation_regimes_train_only_their_parameters() {
     // Pre-train on tasks 0..3, adapt to task 3 alone.
     let pre: Vec<EncodedExample> = data.iter().filter(|e| e.task_id < 3).cloned().collect();
     let held: Vec<EncodedExample> = data.iter().filter(|e| e.task_id == 3).cloned().collect();
-    let model = attach_pretraining(tiny_model(), Method::Mhr, &sizes, &all, 4).unwrap();
+    let model = attach_pretraining(tiny_model::<A>(), Method::Mhr, &sizes, &all, 4).unwrap();
     let (pretrained, _) = train(
         model,
         &ShuffledEpochs::new(&pre, &config(0), 0),
