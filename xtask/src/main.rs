@@ -304,8 +304,16 @@ fn expand_all(methods: Vec<String>, table: &[&str]) -> Vec<String> {
     }
 }
 
-/// `--seeds` and `--methods` (`all`: every method of the preset's `table`) over a preset's settings.
-fn override_runs(args: &ReproduceArgs, seeds: &mut Vec<u64>, methods: &mut Vec<String>, table: &[&str]) {
+/// `--seeds`, `--methods` (`all`: every method of the preset's `table`) and `--precision` over a preset's
+/// settings.
+fn override_runs(
+    args: &ReproduceArgs,
+    seeds: &mut Vec<u64>,
+    methods: &mut Vec<String>,
+    precision: &mut Precision,
+    table: &[&str],
+) {
+    *precision = args.precision.unwrap_or(*precision);
     if let Some(given) = &args.seeds {
         *seeds = given.clone();
     }
@@ -342,8 +350,13 @@ fn paper_t0(args: &ReproduceArgs) -> Result<T0Settings> {
         ..T0Settings::paper_t0(model, tokenizer, p3)
     };
     let mut settings = overlay(preset, args.settings.as_ref())?;
-    override_runs(args, &mut settings.seeds, &mut settings.methods, &t0::METHODS);
-    settings.precision = args.precision.unwrap_or(settings.precision);
+    override_runs(
+        args,
+        &mut settings.seeds,
+        &mut settings.methods,
+        &mut settings.precision,
+        &t0::METHODS,
+    );
     Ok(settings)
 }
 
@@ -375,8 +388,13 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
         }
     };
     let mut settings = overlay(sni_preset, args.settings.as_ref())?;
-    override_runs(&args, &mut settings.seeds, &mut settings.methods, &sni::METHODS);
-    settings.precision = args.precision.unwrap_or(settings.precision);
+    override_runs(
+        &args,
+        &mut settings.seeds,
+        &mut settings.methods,
+        &mut settings.precision,
+        &sni::METHODS,
+    );
     with_backend(
         args.device,
         Sni {
@@ -393,9 +411,9 @@ fn reproduce_synthetic(args: ReproduceArgs) -> Result<()> {
         &args,
         &mut settings.seeds,
         &mut settings.methods,
+        &mut settings.precision,
         &synthetic::METHODS,
     );
-    settings.precision = args.precision.unwrap_or(settings.precision);
     if args.unit_worker {
         return with_backend(
             args.device,

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use burn::nn::{Dropout, DropoutConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
@@ -169,6 +170,11 @@ impl T5Config {
             }
         }
         self.feed_forward().map(|_| ())
+    }
+
+    /// T5's dropout module at `dropout_rate`, one per site.
+    pub(crate) fn dropout(&self) -> Dropout {
+        DropoutConfig::new(self.dropout_rate).init()
     }
 
     pub fn decoder_layers(&self) -> usize {

@@ -58,11 +58,11 @@ impl fmt::Display for Precision {
 impl FromStr for Precision {
     type Err = String;
 
+    /// The names [`fmt::Display`] writes.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("unknown precision `{s}`: expected f32 or bf16")),
-        }
+        [Precision::F32, Precision::Bf16]
+            .into_iter()
+            .find(|p| p.to_string() == s)
+            .ok_or_else(|| format!("unknown precision `{s}`: expected f32 or bf16"))
     }
 }

@@ -206,10 +206,7 @@ pub fn run(args: Args) -> Result<()> {
     // An unknown T0 dataset is named as such before any routing-row check.
     adapt.t0_dataset()?;
     let task_id = adapt.task_id(&pretrained, method)?;
-    ensure_precision(
-        args.device,
-        adapt.precision.unwrap_or(pretrained.settings.precision),
-    )?;
+    ensure_precision(args.device, adapt.precision_over(&pretrained.settings))?;
     let model_config = check_model_dir(&pretrained.settings.model)?;
     let encoder = adapt.encoder(&pretrained.settings, &model_config)?;
     let split = adapt.split(&pretrained.settings)?;

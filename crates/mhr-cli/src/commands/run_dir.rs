@@ -225,6 +225,11 @@ impl TrainSettings {
 }
 
 impl AdaptSettings {
+    /// The base's precision: the adaptation's own, else the pre-training run's.
+    pub fn precision_over(&self, pretraining: &TrainSettings) -> Precision {
+        self.precision.unwrap_or(pretraining.precision)
+    }
+
     /// The routing row of the adapted task among the pre-training run's tasks. A method that does not route by
     /// task uses row 0 for a task the run does not list.
     pub fn task_id(&self, pretrained: &Run, method: Method) -> Result<usize> {
@@ -368,10 +373,8 @@ impl Run {
             RunKind::Pretrain => self.settings.skeleton(self.method, self.tasks.len(), device),
             RunKind::Adapt(adapt, pretrained) => {
                 let seeds = adapt.stage_seeds(adapt.task_id(pretrained, self.method)?);
-                let mut model = pretrained.load_model::<B>(device)?;
-                if let Some(precision) = adapt.precision {
-                    model = model.with_precision(precision)?;
-                }
+                let precision = adapt.precision_over(&pretrained.settings);
+                let model = pretrained.load_model::<B>(device)?.with_precision(precision)?;
                 Ok(adaptation_model(
                     model,
                     self.method,

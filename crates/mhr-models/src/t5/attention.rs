@@ -1,5 +1,5 @@
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig};
+use burn::nn::Dropout;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::softmax;
@@ -127,7 +127,7 @@ impl<B: Backend> T5Attention<B> {
             o: linear("o", inner, d, std(inner))?,
             relative_attention_bias,
             num_heads: config.num_heads,
-            dropout: DropoutConfig::new(config.dropout_rate).init(),
+            dropout: config.dropout(),
         })
     }
 

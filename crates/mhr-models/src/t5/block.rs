@@ -1,4 +1,4 @@
-use burn::nn::{Dropout, DropoutConfig};
+use burn::nn::Dropout;
 use burn::prelude::*;
 use mhr_core::RoutingContext;
 
@@ -57,7 +57,6 @@ impl<B: Backend> T5Block<B> {
         has_bias: bool,
     ) -> Result<Self, ModelError> {
         let (d, eps) = (config.d_model, config.layer_norm_epsilon);
-        let dropout = || DropoutConfig::new(config.dropout_rate).init();
         let self_attention = T5LayerSelfAttention {
             attention: T5Attention::build(
                 src,
@@ -66,13 +65,13 @@ impl<B: Backend> T5Block<B> {
                 has_bias.then_some(!is_decoder),
             )?,
             layer_norm: T5LayerNorm::build(src, &format!("{path}.layer.0.layer_norm"), d, eps)?,
-            dropout: dropout(),
+            dropout: config.dropout(),
         };
         let cross_attention = if is_decoder {
             Some(T5LayerCrossAttention {
                 attention: T5Attention::build(src, &format!("{path}.layer.1.EncDecAttention"), config, None)?,
                 layer_norm: T5LayerNorm::build(src, &format!("{path}.layer.1.layer_norm"), d, eps)?,
-                dropout: dropout(),
+                dropout: config.dropout(),
             })
         } else {
             None

@@ -1,4 +1,4 @@
-use burn::nn::{Dropout, DropoutConfig};
+use burn::nn::Dropout;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{gelu, relu, sigmoid, silu};
@@ -86,7 +86,7 @@ impl<B: Backend> T5DenseReluDense<B> {
                 .map(|w| AdaptedLinear::new(w, None))
         };
         let activation = kind.activation;
-        let dropout = DropoutConfig::new(config.dropout_rate).init();
+        let dropout = config.dropout();
         Ok(if kind.gated {
             Self::Gated(T5DenseGatedActDense {
                 wi_0: linear("wi_0", d, d_ff)?,
@@ -158,7 +158,7 @@ impl<B: Backend> T5LayerFF<B> {
                 config.d_model,
                 config.layer_norm_epsilon,
             )?,
-            dropout: DropoutConfig::new(config.dropout_rate).init(),
+            dropout: config.dropout(),
         })
     }
 

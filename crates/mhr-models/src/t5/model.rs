@@ -1,7 +1,6 @@
 use std::path::Path;
 
 use burn::module::{ModuleMapper, Param};
-use burn::nn::DropoutConfig;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::log_softmax;
@@ -194,10 +193,10 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
             name: "dropout_rate",
             reason,
         })?;
-        let dropout = DropoutConfig::new(rate).init();
+        self.config.dropout_rate = rate;
+        let dropout = self.config.dropout();
         self.encoder.set_dropout(&dropout);
         self.decoder.set_dropout(&dropout);
-        self.config.dropout_rate = rate;
         Ok(self)
     }
 

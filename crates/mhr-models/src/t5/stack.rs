@@ -1,4 +1,4 @@
-use burn::nn::{Dropout, DropoutConfig};
+use burn::nn::Dropout;
 use burn::prelude::*;
 use mhr_core::{RoutingContext, to_dtype};
 
@@ -58,7 +58,7 @@ impl<B: Backend> T5Stack<B> {
         Ok(Self {
             block,
             final_layer_norm,
-            dropout: DropoutConfig::new(config.dropout_rate).init(),
+            dropout: config.dropout(),
         })
     }
 

@@ -322,6 +322,17 @@ fn v1_0_dropout_sites_are_transformers() {
     check_sites("t5-v1_0");
 }
 
+/// The model's logits on the fixture's batch.
+fn fixture_logits<B: Backend>(model: &T5ForConditionalGeneration<B>, reference: &Reference) -> TensorData {
+    let out = model.forward(
+        reference.ints("input_ids"),
+        reference.ints("attention_mask"),
+        reference.ints("labels"),
+        &RoutingContext::untasked(),
+    );
+    out.unwrap().logits.into_data()
+}
+
 /// `config.json`'s rate reaches the model: in training the encoder's last dropout zeroes that fraction of its
 /// output (binomial, within 4 standard deviations); in evaluation nothing is dropped.
 #[test]
@@ -343,18 +354,9 @@ fn config_rate_drops_its_fraction_in_training_only() {
     assert_eq!(model.config().dropout_rate, rate);
     let reference = Reference::open("t5-v1_1");
 
-    let eval = model
-        .valid()
-        .forward(
-            reference.ints("input_ids"),
-            reference.ints("attention_mask"),
-            reference.ints("labels"),
-            &RoutingContext::untasked(),
-        )
-        .unwrap();
     assert_close(
         "evaluation logits",
-        eval.logits.into_data(),
+        fixture_logits(&model.valid(), &reference),
         reference.data("logits"),
         1e-4,
     );
@@ -381,17 +383,9 @@ fn config_rate_drops_its_fraction_in_training_only() {
 
     // Overridden to 0: training draws nothing and is the evaluation forward.
     let off = model.with_dropout_rate(0.0).unwrap();
-    let train = off
-        .forward(
-            reference.ints("input_ids"),
-            reference.ints("attention_mask"),
-            reference.ints("labels"),
-            &RoutingContext::untasked(),
-        )
-        .unwrap();
     assert_close(
         "logits without dropout",
-        train.logits.into_data(),
+        fixture_logits(&off, &reference),
         reference.data("logits"),
         1e-4,
     );
