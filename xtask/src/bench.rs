@@ -7,18 +7,18 @@
 use std::fmt;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use mhr_cli::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
+use mhr_cli::device::{BackendTask, DeviceMemory, DeviceSpec, ensure_compiled, with_backend};
 use mhr_core::peft::TargetModules;
 use mhr_core::{
     AdapterConfig, AdapterHost, Ia3Config, LoraConfig, Method, RoutedLoraConfig, RoutingContext, RoutingMode,
     Stage,
 };
-use mhr_models::{GenerationConfig, T5Config, T5ForConditionalGeneration};
+use mhr_models::{GenerationConfig, Precision, T5Config, T5ForConditionalGeneration};
 use mhr_train::optim::{OptimConfig, TwoSpeedAdamW};
 use serde_json::{Value, json};
 
@@ -28,6 +28,13 @@ pub enum BenchPreset {
     Small,
     /// d_model 128, 2+2 layers, 4 heads, gated-gelu, vocab 1024; batch 8 × (64 + 16).
     Tiny,
+    /// T5 v1.1 base (d_model 768, 12+12 layers) at the paper's T0 shapes and adapters: batch 8 × (256 + 32),
+    /// rank 1 on every linear layer of the blocks, S = 8, h = 64.
+    Base,
+    /// T5 v1.1 large (d_model 1024, 24+24 layers), T0 shapes and adapters.
+    Large,
+    /// T5 v1.1 XL / T0-3B (d_model 2048, 24+24 layers, 2.85B parameters), T0 shapes and adapters.
+    Xl,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -67,6 +74,9 @@ impl fmt::Display for BenchPreset {
         f.write_str(match self {
             BenchPreset::Small => "small",
             BenchPreset::Tiny => "tiny",
+            BenchPreset::Base => "base",
+            BenchPreset::Large => "large",
+            BenchPreset::Xl => "xl",
         })
     }
 }
@@ -85,13 +95,28 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    #[arg(long, default_value_t = 8)]
-    rank: usize,
-    #[arg(long, default_value_t = 8)]
-    skills: usize,
-    /// MHR heads (splits); Poly always has 1.
-    #[arg(long, default_value_t = 8)]
-    heads: usize,
+    /// LoRA rank (default: the preset's, 8 for tiny/small, 1 for the T0 presets).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Skills S of Poly/MHR (default 8).
+    #[arg(long)]
+    skills: Option<usize>,
+    /// MHR heads (splits; default: 8 for tiny/small, 64 for the T0 presets); Poly always has 1.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Examples per step (default: the preset's).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// The base weights' precision, f32 or bf16 (adapters and optimiser state stay f32).
+    #[arg(long, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// Keep each T5 block's input only and recompute the block in backward (`checkpoint_activations`).
+    #[arg(long)]
+    checkpoint_activations: bool,
+    /// The device's peak dense TFLOP/s for the model FLOPs utilisation (`mfu`): a number, or a GPU of
+    /// [`KNOWN_PEAKS`] by name (its bf16 tensor-core figure).
+    #[arg(long, value_name = "TFLOPS|GPU")]
+    peak_tflops: Option<PeakTflops>,
     #[arg(long, value_enum, default_value_t = What::Train)]
     what: What,
     /// Tokens generated per example by `--what generate` (default: the preset's target length).
@@ -99,17 +124,51 @@ pub struct BenchArgs {
     gen_tokens: Option<usize>,
 }
 
-/// The peer benchmark's presets.
+/// Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, without sparsity).
+pub const KNOWN_PEAKS: [(&str, f64); 7] = [
+    ("a100", 312.0),
+    ("a10g", 70.0),
+    ("h100-sxm", 989.0),
+    ("h100-pcie", 756.0),
+    ("h200", 989.0),
+    ("l4", 121.0),
+    ("l40s", 362.0),
+];
+
+/// `--peak-tflops`: a figure, or a name of [`KNOWN_PEAKS`].
+#[derive(Clone, Copy, Debug)]
+pub struct PeakTflops(f64);
+
+impl std::str::FromStr for PeakTflops {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some((_, peak)) = KNOWN_PEAKS.iter().find(|(name, _)| name.eq_ignore_ascii_case(s)) {
+            return Ok(Self(*peak));
+        }
+        match s.parse::<f64>() {
+            Ok(peak) if peak > 0.0 && peak.is_finite() => Ok(Self(peak)),
+            _ => Err(format!(
+                "`{s}` is neither a positive TFLOP/s figure nor a known GPU ({})",
+                KNOWN_PEAKS.map(|(name, _)| name).join(", ")
+            )),
+        }
+    }
+}
+
+/// A preset's model, shapes and adapter sizes.
 struct PresetSpec {
     model: Value,
     batch: usize,
     src_len: usize,
     tgt_len: usize,
     n_tasks: usize,
+    rank: usize,
+    heads: usize,
 }
 
 fn preset(p: BenchPreset) -> PresetSpec {
-    let model = |vocab: usize, d: usize, d_kv: usize, d_ff: usize, layers: usize, heads: usize| {
+    let model = |vocab: usize, d: usize, d_ff: usize, layers: usize, heads: usize, d_kv: usize| {
         json!({
             "vocab_size": vocab, "d_model": d, "d_kv": d_kv, "d_ff": d_ff, "num_layers": layers,
             "num_decoder_layers": layers, "num_heads": heads, "feed_forward_proj": "gated-gelu",
@@ -117,21 +176,33 @@ fn preset(p: BenchPreset) -> PresetSpec {
             "dropout_rate": 0.0,
         })
     };
+    // The peer benchmark's presets (../shared/peer/bench_train_step.py).
+    let peer = |model, batch, src_len, tgt_len| PresetSpec {
+        model,
+        batch,
+        src_len,
+        tgt_len,
+        n_tasks: 16,
+        rank: 8,
+        heads: 8,
+    };
+    // The paper's T0 runs (PAPER.md §2.3-2.4): batch 8 of 256 + 32 tokens, rank 1, h = 64; one routing row
+    // per promptsource template of the T0 training mixture (about 300).
+    let t0 = |model| PresetSpec {
+        model,
+        batch: 8,
+        src_len: 256,
+        tgt_len: 32,
+        n_tasks: 300,
+        rank: 1,
+        heads: 64,
+    };
     match p {
-        BenchPreset::Small => PresetSpec {
-            model: model(32128, 512, 64, 1024, 8, 6),
-            batch: 4,
-            src_len: 128,
-            tgt_len: 32,
-            n_tasks: 16,
-        },
-        BenchPreset::Tiny => PresetSpec {
-            model: model(1024, 128, 32, 256, 2, 4),
-            batch: 8,
-            src_len: 64,
-            tgt_len: 16,
-            n_tasks: 16,
-        },
+        BenchPreset::Small => peer(model(32128, 512, 1024, 8, 6, 64), 4, 128, 32),
+        BenchPreset::Tiny => peer(model(1024, 128, 256, 2, 4, 32), 8, 64, 16),
+        BenchPreset::Base => t0(model(32128, 768, 2048, 12, 12, 64)),
+        BenchPreset::Large => t0(model(32128, 1024, 2816, 24, 16, 64)),
+        BenchPreset::Xl => t0(model(32128, 2048, 5120, 24, 32, 64)),
     }
 }
 
@@ -139,6 +210,51 @@ const TARGETS: [&str; 7] = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"];
 
 fn names(n: &[&str]) -> TargetModules {
     TargetModules::Names(n.iter().map(|s| s.to_string()).collect())
+}
+
+/// Model FLOPs of one training step on a frozen base, counted from the shapes: 2·m·n·k per matmul in forward;
+/// in backward, the input gradient of every base matmul (the same count), both operands' gradients of the two
+/// attention products, and input and weight gradients of the adapters' rank-`r` products at the [`TARGETS`]
+/// sites (`None`: no LoRA-shaped adapter, as (IA)^3). Element-wise work and activation checkpointing's
+/// recomputation are not counted (the MFU convention).
+fn step_flops(
+    c: &T5Config,
+    batch: usize,
+    src_len: usize,
+    tgt_len: usize,
+    rank: Option<usize>,
+) -> Result<f64> {
+    let gated = c.feed_forward().map_err(anyhow::Error::msg)?.gated;
+    let (b, s, t) = (batch as f64, src_len as f64, tgt_len as f64);
+    let (d, inner, ff) = (c.d_model as f64, c.inner_dim() as f64, c.d_ff as f64);
+    let (enc, dec) = (b * s, b * t);
+    let wi = if gated { 2.0 } else { 1.0 };
+    // (tokens, d_in + d_out, d_in · d_out) of every adapted linear layer of one block.
+    let ffn = |n: f64| [vec![(n, d + ff, d * ff); wi as usize], vec![(n, ff + d, ff * d)]].concat();
+    let attention = |q: f64, kv: f64| {
+        vec![
+            (q, d + inner, d * inner),
+            (kv, d + inner, d * inner),
+            (kv, d + inner, d * inner),
+            (q, inner + d, inner * d),
+        ]
+    };
+    let encoder_block = [attention(enc, enc), ffn(enc)].concat();
+    let decoder_block = [attention(dec, dec), attention(dec, enc), ffn(dec)].concat();
+    let sites = std::iter::repeat_n(encoder_block, c.num_layers)
+        .chain(std::iter::repeat_n(decoder_block, c.decoder_layers()))
+        .flatten();
+    let (mut base, mut adapter) = (0.0, 0.0);
+    for (n, fan_sum, fan_product) in sites {
+        base += 2.0 * n * fan_product;
+        adapter += rank.map_or(0.0, |r| 2.0 * n * r as f64 * fan_sum);
+    }
+    base += 2.0 * dec * d * c.vocab_size as f64;
+    // QKᵀ and softmax·V: 2·b·heads·q·k·d_kv each.
+    let products = |q: f64, k: f64| 2.0 * 2.0 * b * inner * q * k;
+    let attention =
+        c.num_layers as f64 * products(s, s) + c.decoder_layers() as f64 * (products(t, t) + products(t, s));
+    Ok((base + attention + adapter) + (base + 2.0 * attention + 2.0 * adapter))
 }
 
 /// splitmix64: reproducible ids without another dependency.
@@ -212,6 +328,10 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
 /// The threads this process may use: `RAYON_NUM_THREADS`, else one per core.
 pub(crate) fn threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
@@ -223,25 +343,41 @@ pub(crate) fn threads() -> usize {
 
 struct Bench {
     args: BenchArgs,
+    spec: PresetSpec,
+    config: T5Config,
+    /// LoRA rank, skills and MHR heads: the flags, else the preset's.
+    rank: usize,
+    skills: usize,
+    heads: usize,
+    batch: usize,
 }
 
 impl Bench {
-    fn adapted<B: Backend>(
-        &self,
-        spec: &PresetSpec,
-        device: &B::Device,
-    ) -> Result<T5ForConditionalGeneration<B>> {
-        let a = &self.args;
+    fn new(args: BenchArgs) -> Result<Self> {
+        let spec = preset(args.preset);
         let config: T5Config = serde_json::from_value(spec.model.clone())?;
-        let model = T5ForConditionalGeneration::<B>::new(&config, device)?;
-        let routed =
-            |heads| AdapterConfig::RoutedLora(RoutedLoraConfig::new(a.rank, a.skills, heads, spec.n_tasks));
+        Ok(Self {
+            rank: args.rank.unwrap_or(spec.rank),
+            skills: args.skills.unwrap_or(8),
+            heads: args.heads.unwrap_or(spec.heads),
+            batch: args.batch.unwrap_or(spec.batch),
+            args,
+            spec,
+            config,
+        })
+    }
+
+    fn adapted<B: Backend>(&self, device: &B::Device) -> Result<T5ForConditionalGeneration<B>> {
+        let a = &self.args;
+        let model = T5ForConditionalGeneration::<B>::new_as(&self.config, a.precision, device)?;
+        let (rank, skills, n_tasks) = (self.rank, self.skills, self.spec.n_tasks);
+        let routed = |heads| AdapterConfig::RoutedLora(RoutedLoraConfig::new(rank, skills, heads, n_tasks));
         Ok(match a.method {
-            BenchMethod::Mhr => model.with_adapters(&names(&TARGETS), &routed(a.heads))?,
+            BenchMethod::Mhr => model.with_adapters(&names(&TARGETS), &routed(self.heads))?,
             BenchMethod::Poly => model.with_adapters(&names(&TARGETS), &routed(1))?,
             BenchMethod::Lora => model.with_adapters(
                 &names(&TARGETS),
-                &AdapterConfig::Lora(LoraConfig::new(a.rank, a.rank as f64)),
+                &AdapterConfig::Lora(LoraConfig::new(rank, rank as f64)),
             )?,
             BenchMethod::Ia3 => model
                 .with_adapters(
@@ -274,21 +410,22 @@ impl BackendTask for Bench {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<Value> {
         let a = self.args.clone();
-        let p = preset(a.preset);
-        let vocab = p.model["vocab_size"].as_u64().context("vocab")? as i64;
+        let p = &self.spec;
+        let batch = self.batch;
+        let vocab = self.config.vocab_size as i64;
         // torch.manual_seed(0) in the peer: the same seed gives the same numbers run to run.
         B::seed(&device, 0);
-        let model = self.adapted::<B>(&p, &device)?;
+        let model = self.adapted::<B>(&device)?;
         let mut model = self.method().trainable(Stage::Pretrain).apply(model);
         let mut count = Trainable(0);
         model.visit(&mut count);
 
         // The peer draws source, target and task ids once and reuses them every step.
         let mut rng = Rng(1);
-        let src = rng.ints::<B, 2>([p.batch, p.src_len], 2, vocab, &device);
-        let tgt = rng.ints::<B, 2>([p.batch, p.tgt_len], 2, vocab, &device);
-        let task_ids = rng.ints::<B, 1>([p.batch], 0, p.n_tasks as i64, &device);
-        let mask = Tensor::<B, 2, Int>::ones([p.batch, p.src_len], &device);
+        let src = rng.ints::<B, 2>([batch, p.src_len], 2, vocab, &device);
+        let tgt = rng.ints::<B, 2>([batch, p.tgt_len], 2, vocab, &device);
+        let task_ids = rng.ints::<B, 1>([batch], 0, p.n_tasks as i64, &device);
+        let mask = Tensor::<B, 2, Int>::ones([batch, p.src_len], &device);
         let ctx = if self.routed() {
             RoutingContext::new(task_ids.clone(), RoutingMode::Sampled)
         } else {
@@ -305,12 +442,17 @@ impl BackendTask for Bench {
             ..OptimConfig::default()
         };
         let mut optim = TwoSpeedAdamW::new(optim_config, &model);
-        let tokens = p.batch * (p.src_len + p.tgt_len);
+        let tokens = batch * (p.src_len + p.tgt_len);
+        let lora_rank = (a.method != BenchMethod::Ia3).then_some(self.rank);
+        let flops = step_flops(&self.config, batch, p.src_len, p.tgt_len, lora_rank)?;
         let mut out = json!({
             "impl": "mhr-burn", "method": a.method.to_string(), "preset": a.preset.to_string(),
-            "rank": a.rank, "skills": a.skills, "heads": a.heads,
+            "rank": self.rank, "skills": self.skills, "heads": self.heads, "batch": batch,
+            "precision": a.precision.to_string(), "checkpoint_activations": a.checkpoint_activations,
             "trainable_params": count.0, "tokens_per_step": tokens,
+            "model_tflop_per_step": round4(flops / 1e12),
         });
+        let mut device_memory = DeviceMemory::new(spec);
         let train = matches!(a.what, What::Train | What::All);
         if train {
             let mut times = Vec::with_capacity(a.steps);
@@ -323,19 +465,40 @@ impl BackendTask for Bench {
                     cpu_start = cpu_ns();
                 }
                 let t0 = Instant::now();
-                let output = model.forward(src.clone(), mask.clone(), tgt.clone(), &ctx)?;
-                let t_forward = t0.elapsed().as_secs_f64();
-                let grads = GradientsParams::from_grads(output.loss.backward(), &model);
+                let (loss, grads, t_forward) = if a.checkpoint_activations {
+                    // Forward and backward interleave block by block: no forward time of its own.
+                    let (loss, (), grads) = model.checkpointed_gradients(
+                        src.clone(),
+                        mask.clone(),
+                        tgt.clone(),
+                        &ctx,
+                        |segment| segment as u64,
+                        |out| Ok::<_, anyhow::Error>((out.loss, ())),
+                    )?;
+                    (loss, grads, None)
+                } else {
+                    let output = model.forward(src.clone(), mask.clone(), tgt.clone(), &ctx)?;
+                    let t_forward = t0.elapsed().as_secs_f64();
+                    device_memory.sample();
+                    let grads = output.loss.clone().backward();
+                    (
+                        output.loss,
+                        GradientsParams::from_grads(grads, &model),
+                        Some(t_forward),
+                    )
+                };
+                device_memory.sample();
                 let (updated, _) = optim.step(1.0, model, grads);
                 model = updated;
                 B::sync(&device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                device_memory.sample();
                 let dt = t0.elapsed().as_secs_f64();
                 if i >= a.warmup {
                     times.push(dt);
-                    forward_times.push(t_forward);
+                    forward_times.extend(t_forward);
                 }
                 if i + 1 == a.warmup + a.steps.max(1) {
-                    last_loss = output.loss.into_scalar().elem::<f64>();
+                    last_loss = loss.into_scalar().elem::<f64>();
                 }
             }
             let cpu = cpu_start
@@ -344,8 +507,12 @@ impl BackendTask for Bench {
             let med = median_ms(times);
             out["step_ms_median"] = json!(round2(med));
             out["cpu_ms_per_step"] = json!(cpu);
-            out["forward_ms_median"] = json!(round2(median_ms(forward_times)));
+            out["forward_ms_median"] =
+                json!((!forward_times.is_empty()).then(|| round2(median_ms(forward_times))));
             out["tokens_per_s"] = json!((tokens as f64 / (med / 1e3) * 10.0).round() / 10.0);
+            let achieved = flops / (med / 1e3) / 1e12;
+            out["model_tflops"] = json!(round4(achieved));
+            out["mfu"] = json!(a.peak_tflops.map(|PeakTflops(peak)| round4(achieved / peak)));
             out["loss"] = json!(last_loss);
         }
         let inner = model.valid();
@@ -365,13 +532,13 @@ impl BackendTask for Bench {
                 let t0 = Instant::now();
                 let tokens = inner.generate(ids.clone(), mask.clone(), &ctx, &config)?;
                 let dt = t0.elapsed().as_secs_f64();
-                generated = p.batch * (tokens.dims()[1] - 1);
+                generated = batch * (tokens.dims()[1] - 1);
                 if i >= a.warmup.min(1) {
                     times.push(dt);
                 }
             }
             let med = median_ms(times);
-            out["generate_batch"] = json!(p.batch);
+            out["generate_batch"] = json!(batch);
             out["generate_new_tokens"] = json!(generated);
             out["generate_ms_median"] = json!(round2(med));
             out["generate_tokens_per_s"] = json!((generated as f64 / (med / 1e3) * 10.0).round() / 10.0);
@@ -395,6 +562,7 @@ impl BackendTask for Bench {
             out["merge_ms"] = json!(round2(median_ms(times)));
         }
         out["peak_rss_mb"] = json!(peak_rss_mb());
+        out["device_mem_reserved_mb"] = json!(device_memory.peak_mb());
         out["device"] = json!(spec.to_string());
         out["backend"] = json!(spec.resolve().to_string());
         out["threads"] = json!(threads());
@@ -408,7 +576,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     ensure_compiled(args.device)?;
     let device = args.device;
-    let line = with_backend(device, Bench { args })?;
+    let line = with_backend(device, Bench::new(args)?)?;
     println!("{line}");
     Ok(())
 }

@@ -15,6 +15,7 @@ use mhr_models::hub::Hub;
 use mhr_presets::sni::{self, SniSettings};
 use mhr_presets::synthetic::{self, SyntheticSettings};
 use mhr_presets::t0::{self, T0Settings};
+use mhr_train::TrainConfig;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "mhr reproduction and developer tasks")]
@@ -81,6 +82,10 @@ struct ReproduceArgs {
     /// (f32), except paper-sni and paper-t0 on cuda, which run in bf16 as the paper.
     #[arg(long)]
     precision: Option<Precision>,
+    /// Pre-training and adaptation recompute each T5 block in backward instead of keeping its activations
+    /// (`checkpoint_activations` of both stages; docs/training.md).
+    #[arg(long)]
+    checkpoint_activations: bool,
     /// Internal: run stages 2-3 of `--methods` under `--seeds` (one unit) on the cached base and write their
     /// outcome (the workers of `--jobs`).
     #[arg(long, hide = true)]
@@ -304,16 +309,22 @@ fn expand_all(methods: Vec<String>, table: &[&str]) -> Vec<String> {
     }
 }
 
-/// `--seeds`, `--methods` (`all`: every method of the preset's `table`) and `--precision` over a preset's
-/// settings.
+/// `--seeds`, `--methods` (`all`: every method of the preset's `table`), `--precision` and
+/// `--checkpoint-activations` over a preset's settings.
 fn override_runs(
     args: &ReproduceArgs,
     seeds: &mut Vec<u64>,
     methods: &mut Vec<String>,
     precision: &mut Precision,
+    stages: [&mut TrainConfig; 2],
     table: &[&str],
 ) {
     *precision = args.precision.unwrap_or(*precision);
+    if args.checkpoint_activations {
+        for stage in stages {
+            stage.checkpoint_activations = true;
+        }
+    }
     if let Some(given) = &args.seeds {
         *seeds = given.clone();
     }
@@ -355,6 +366,7 @@ fn paper_t0(args: &ReproduceArgs) -> Result<T0Settings> {
         &mut settings.seeds,
         &mut settings.methods,
         &mut settings.precision,
+        [&mut settings.pretraining, &mut settings.adaptation],
         &t0::METHODS,
     );
     Ok(settings)
@@ -393,6 +405,7 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
         &mut settings.seeds,
         &mut settings.methods,
         &mut settings.precision,
+        [&mut settings.pretraining, &mut settings.adaptation],
         &sni::METHODS,
     );
     with_backend(
@@ -412,6 +425,7 @@ fn reproduce_synthetic(args: ReproduceArgs) -> Result<()> {
         &mut settings.seeds,
         &mut settings.methods,
         &mut settings.precision,
+        [&mut settings.pretraining, &mut settings.adaptation],
         &synthetic::METHODS,
     );
     if args.unit_worker {

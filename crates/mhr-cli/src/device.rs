@@ -125,11 +125,7 @@ pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Outp
             #[cfg(feature = "flex")]
             {
                 use burn::backend::{Autodiff, Flex};
-                // Run on a worker of a rayon pool: flex's parallel gemm and element-wise kernels then start
-                // on the calling thread instead of handing each call to the global pool and waiting for it
-                // (15-20 % of a small training step; docs/performance.md).
-                let pool = rayon::ThreadPoolBuilder::new().build()?;
-                pool.install(|| task.run::<Autodiff<Flex>>(Default::default(), spec))
+                in_pool(|| task.run::<Autodiff<Flex>>(Default::default(), spec))
             }
             #[cfg(not(feature = "flex"))]
             {
@@ -168,6 +164,14 @@ pub fn with_backend<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Outp
     }
 }
 
+/// Runs CPU work on a worker of a rayon pool: flex's parallel gemm and element-wise kernels then start on the
+/// calling thread instead of handing each call to the global pool and waiting for it (15-20 % of a small
+/// training step; docs/performance.md).
+#[cfg(feature = "flex")]
+fn in_pool<R: Send>(work: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    rayon::ThreadPoolBuilder::new().build()?.install(work)
+}
+
 /// Starts a GPU device with one tiny op, so that a missing driver, library or adapter is an error before any work.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn start_gpu<B: AutodiffBackend>(spec: DeviceSpec, device: &B::Device) -> Result<()> {
@@ -201,6 +205,57 @@ pub fn start_device(spec: DeviceSpec, start: impl FnOnce()) -> Result<()> {
             cause.as_deref().unwrap_or("unknown panic")
         )
     })
+}
+
+/// The most device memory a GPU backend's pools held at the points where [`DeviceMemory::sample`] was called
+/// (cubecl's reserved bytes, which cover what the allocator keeps for reuse); `None` on the CPU backends, whose
+/// memory is the process's.
+pub struct DeviceMemory {
+    spec: DeviceSpec,
+    peak: Option<u64>,
+}
+
+impl DeviceMemory {
+    pub fn new(spec: DeviceSpec) -> Self {
+        Self { spec, peak: None }
+    }
+
+    pub fn sample(&mut self) {
+        if let Some(bytes) = reserved_bytes(self.spec) {
+            self.peak = Some(self.peak.map_or(bytes, |peak| peak.max(bytes)));
+        }
+    }
+
+    /// MiB, to one decimal.
+    pub fn peak_mb(&self) -> Option<f64> {
+        self.peak
+            .map(|b| (b as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0)
+    }
+}
+
+fn reserved_bytes(spec: DeviceSpec) -> Option<u64> {
+    #[allow(unused_imports)]
+    use cubecl::Runtime;
+    match spec.resolve() {
+        #[cfg(feature = "wgpu")]
+        DeviceSpec::Wgpu(index) => {
+            use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
+            let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+            WgpuRuntime::client(&device)
+                .memory_usage()
+                .ok()
+                .map(|u| u.bytes_reserved)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(index) => {
+            use cubecl::cuda::{CudaDevice, CudaRuntime};
+            CudaRuntime::client(&CudaDevice::new(index))
+                .memory_usage()
+                .ok()
+                .map(|u| u.bytes_reserved)
+        }
+        _ => None,
+    }
 }
 
 /// Refuses a precision the device's backend cannot compute in ([`Precision::check`]), before a command writes

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution, TensorCreationOptions};
 use mhr_core::io::SafetensorsFile;
+use mhr_core::to_dtype;
 use serde::Deserialize;
 
 use crate::error::ModelError;
@@ -49,9 +50,11 @@ pub(crate) trait WeightSource<B: Backend> {
     ) -> Result<Tensor<B, D>, ModelError>;
 }
 
-/// Random initialisation with transformers' standard deviations.
+/// Random initialisation with transformers' standard deviations, each tensor drawn in f32 and stored in `dtype`
+/// (a bf16 model never exists in f32 as a whole).
 pub(crate) struct RandomInit<'a, B: Backend> {
     pub device: &'a B::Device,
+    pub dtype: DType,
 }
 
 impl<B: Backend> WeightSource<B> for RandomInit<'_, B> {
@@ -61,10 +64,11 @@ impl<B: Backend> WeightSource<B> for RandomInit<'_, B> {
         shape: [usize; D],
         init: Init,
     ) -> Result<Tensor<B, D>, ModelError> {
-        Ok(match init {
+        let tensor = match init {
             Init::Normal { std } => Tensor::random(shape, Distribution::Normal(0.0, std), self.device),
             Init::Ones => Tensor::ones(shape, self.device),
-        })
+        };
+        Ok(to_dtype(tensor, self.dtype))
     }
 
     fn linear(&mut self, key: &str, d_in: usize, d_out: usize, std: f64) -> Result<Tensor<B, 2>, ModelError> {

@@ -218,7 +218,7 @@ fn base_model<B: Backend>(
         Some(model) => model.clone(),
         None => {
             B::seed(device, seed);
-            Model::<B>::new(&random_model_config(), device)?.with_precision(precision)?
+            Model::<B>::new_as(&random_model_config(), precision, device)?
         }
     })
 }

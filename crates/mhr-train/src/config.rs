@@ -31,6 +31,12 @@ pub struct TrainConfig {
     /// checkpoint's, 0.1 for LM-adapt and T0); absent: the model's own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropout_rate: Option<f64>,
+    /// Keep only each T5 block's input between forward and backward and recompute the block in backward
+    /// (`T5ForConditionalGeneration::checkpointed_gradients`): activation memory of one block instead of all,
+    /// for about one more forward pass. Random draws (dropout, routing noise) then come per block from the
+    /// step's seed, so a run with randomness differs from one without checkpointing, as deterministically.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub checkpoint_activations: bool,
     pub log_every: usize,
     /// 0: a checkpoint only at the end (when the run has a directory).
     pub checkpoint_every: usize,
@@ -81,6 +87,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             sampled_routing: true,
             dropout_rate: None,
+            checkpoint_activations: false,
             log_every: 100,
             checkpoint_every: 0,
         }
@@ -137,6 +144,7 @@ floor = 0.0
             label_smoothing: 0.0,
             sampled_routing: true,
             dropout_rate: None,
+            checkpoint_activations: false,
             log_every: 50,
             checkpoint_every: 0,
         }

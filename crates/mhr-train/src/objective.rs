@@ -4,7 +4,7 @@
 use burn::prelude::*;
 use mhr_core::{AdapterHost, RoutingContext, RoutingMode};
 use mhr_data::ChoiceBatchData;
-use mhr_models::T5ForConditionalGeneration;
+use mhr_models::{Seq2SeqLmOutput, T5ForConditionalGeneration};
 
 use crate::batch::{pad_id, seq2seq_batch};
 use crate::data::{ChoiceStepData, StepData, StepShape};
@@ -34,8 +34,28 @@ pub(crate) struct MicroLoss<B: Backend> {
     pub loss: Tensor<B, 1>,
     /// Named parts of `loss`, logged beside it in `metrics.jsonl` (T-Few's three terms; none for tokens).
     pub terms: Vec<(&'static str, Tensor<B, 1>)>,
+}
+
+/// A micro-batch ready for the model: teacher-forced inputs and routing, and what its loss needs besides the
+/// model's output.
+pub(crate) struct MicroBatch<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    pub attention_mask: Tensor<B, 2, Int>,
+    pub labels: Tensor<B, 2, Int>,
+    pub ctx: RoutingContext<B>,
     /// Real (non-pad) source + target tokens, for throughput.
     pub tokens: usize,
+    loss: LossKind,
+}
+
+enum LossKind {
+    Tokens {
+        label_smoothing: f64,
+    },
+    TFew {
+        num_choices: Vec<usize>,
+        gold: Vec<usize>,
+    },
 }
 
 impl Objective<'_> {
@@ -47,29 +67,25 @@ impl Objective<'_> {
         }
     }
 
-    /// The loss of micro-batch `micro` of `step` under `mode` routing.
-    pub(crate) fn micro_loss<B: Backend>(
+    /// Micro-batch `micro` of `step` under `mode` routing.
+    pub(crate) fn micro_batch<B: Backend>(
         &self,
         model: &T5ForConditionalGeneration<B>,
         step: usize,
         micro: usize,
         label_smoothing: f64,
         mode: RoutingMode,
-    ) -> Result<MicroLoss<B>, TrainError> {
+    ) -> Result<MicroBatch<B>, TrainError> {
         match self {
             Self::Tokens(data) => {
                 let (batch, tokens) = seq2seq_batch(model, &data.examples(step, micro))?;
-                let ctx = RoutingContext::new(batch.task_ids, mode);
-                let out = model.forward(batch.input_ids, batch.attention_mask, batch.labels.clone(), &ctx)?;
-                let loss = if label_smoothing > 0.0 {
-                    label_smoothed_nll(out.logits, batch.labels, label_smoothing)
-                } else {
-                    out.loss
-                };
-                Ok(MicroLoss {
-                    loss,
-                    terms: Vec::new(),
+                Ok(MicroBatch {
+                    input_ids: batch.input_ids,
+                    attention_mask: batch.attention_mask,
+                    labels: batch.labels,
+                    ctx: RoutingContext::new(batch.task_ids, mode),
                     tokens,
+                    loss: LossKind::Tokens { label_smoothing },
                 })
             }
             Self::TFew(data) => {
@@ -77,9 +93,37 @@ impl Objective<'_> {
                 let tokens = data.pairs.tokens();
                 let batch = data.to_tensors::<B>(&model.device());
                 let pairs = batch.pairs;
-                let ctx = RoutingContext::new(pairs.task_ids, mode);
-                let out = model.forward(pairs.input_ids, pairs.attention_mask, pairs.labels.clone(), &ctx)?;
-                let loss = tfew_loss(out.logits, pairs.labels, &batch.num_choices, &batch.gold)?;
+                Ok(MicroBatch {
+                    input_ids: pairs.input_ids,
+                    attention_mask: pairs.attention_mask,
+                    labels: pairs.labels,
+                    ctx: RoutingContext::new(pairs.task_ids, mode),
+                    tokens,
+                    loss: LossKind::TFew {
+                        num_choices: batch.num_choices,
+                        gold: batch.gold,
+                    },
+                })
+            }
+        }
+    }
+}
+
+impl<B: Backend> MicroBatch<B> {
+    /// The objective's loss of the model's output on this micro-batch: the mean token cross entropy, or
+    /// fairseq's label-smoothed NLL when `label_smoothing` > 0; T-Few's L_LM + L_MC + L_UL for choices.
+    pub(crate) fn loss(&self, out: Seq2SeqLmOutput<B>) -> Result<MicroLoss<B>, TrainError> {
+        match &self.loss {
+            LossKind::Tokens { label_smoothing } if *label_smoothing > 0.0 => Ok(MicroLoss {
+                loss: label_smoothed_nll(out.logits, self.labels.clone(), *label_smoothing),
+                terms: Vec::new(),
+            }),
+            LossKind::Tokens { .. } => Ok(MicroLoss {
+                loss: out.loss,
+                terms: Vec::new(),
+            }),
+            LossKind::TFew { num_choices, gold } => {
+                let loss = tfew_loss(out.logits, self.labels.clone(), num_choices, gold)?;
                 Ok(MicroLoss {
                     loss: loss.total,
                     terms: vec![
@@ -87,7 +131,6 @@ impl Objective<'_> {
                         ("mc", loss.mc),
                         ("unlikelihood", loss.unlikelihood),
                     ],
-                    tokens,
                 })
             }
         }

@@ -25,7 +25,7 @@ use crate::TrainConfig;
 use crate::checkpoint::{Checkpoint, Checkpointer};
 use crate::data::{StepShape, mix};
 use crate::error::TrainError;
-use crate::objective::Objective;
+use crate::objective::{MicroLoss, Objective};
 use crate::optim::{OptimConfig, StageOptimizer, TwoSpeedRecord};
 
 /// What a run reports.
@@ -301,10 +301,35 @@ where
         let mut step_terms = BTreeMap::<&str, f64>::new();
         let micro_batches = config.grad_accumulation.max(1) as f64;
         for micro in 0..config.grad_accumulation.max(1) {
-            let micro_loss = objective.micro_loss(&model, step, micro, config.label_smoothing, mode)?;
-            tokens += micro_loss.tokens;
-            let loss = micro_loss.loss / micro_batches;
-            let value: f64 = loss.clone().into_scalar().elem();
+            let batch = objective.micro_batch(&model, step, micro, config.label_smoothing, mode)?;
+            tokens += batch.tokens;
+            let (micro_loss, grads) = if config.checkpoint_activations {
+                // Each segment's draws from the step's seed, the micro-batch and the segment.
+                let seeds = |segment| mix(mix(mix(config.seed, step as u64), micro as u64), segment as u64);
+                let (loss, terms, grads) = model.checkpointed_gradients(
+                    batch.input_ids.clone(),
+                    batch.attention_mask.clone(),
+                    batch.labels.clone(),
+                    &batch.ctx,
+                    seeds,
+                    |out| {
+                        let micro_loss = batch.loss(out)?;
+                        Ok::<_, TrainError>((micro_loss.loss / micro_batches, micro_loss.terms))
+                    },
+                )?;
+                (MicroLoss { loss, terms }, Some(grads))
+            } else {
+                let out = model.forward(
+                    batch.input_ids.clone(),
+                    batch.attention_mask.clone(),
+                    batch.labels.clone(),
+                    &batch.ctx,
+                )?;
+                let micro_loss = batch.loss(out)?;
+                let loss = micro_loss.loss / micro_batches;
+                (MicroLoss { loss, ..micro_loss }, None)
+            };
+            let value: f64 = micro_loss.loss.clone().into_scalar().elem();
             if !value.is_finite() {
                 return Err(TrainError::NonFiniteLoss { step, loss: value });
             }
@@ -312,7 +337,9 @@ where
             for (name, term) in micro_loss.terms {
                 *step_terms.entry(name).or_default() += term.into_scalar().elem::<f64>() / micro_batches;
             }
-            accumulator.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            let grads =
+                grads.unwrap_or_else(|| GradientsParams::from_grads(micro_loss.loss.backward(), &model));
+            accumulator.accumulate(&model, grads);
         }
         let (updated, grad_norm) = optim.step(
             config.schedule.factor(step, config.steps),

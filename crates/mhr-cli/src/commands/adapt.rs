@@ -63,6 +63,10 @@ pub struct Args {
     /// The base weights' precision, f32 or bf16 (default: the pre-training run's).
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// Recompute each T5 block in backward instead of keeping its activations (default: the run's setting);
+    /// `--checkpoint-activations=false` turns it off.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub checkpoint_activations: Option<bool>,
     /// SNI: the first N instances of the task file are its test set (never trained on).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub test_instances: usize,
@@ -71,7 +75,7 @@ pub struct Args {
     pub out: PathBuf,
     /// Continue the adaptation in --out from its latest checkpoint, with its own adapt.toml.
     #[arg(long, conflicts_with_all = ["run", "task", "t0", "k", "seed", "method", "batch_size", "lr", "routing_lr",
-        "dropout_rate", "precision"])]
+        "dropout_rate", "precision", "checkpoint_activations"])]
     pub resume: bool,
     /// Stop after this many steps (checkpointed) as if interrupted; --resume continues exactly.
     #[arg(long, value_name = "N")]
@@ -104,6 +108,9 @@ impl Args {
         if let Some(rate) = self.dropout_rate {
             check_dropout_rate(rate).map_err(|e| anyhow!("--dropout-rate {e}"))?;
             train.dropout_rate = Some(rate);
+        }
+        if let Some(on) = self.checkpoint_activations {
+            train.checkpoint_activations = on;
         }
         Ok(AdaptSettings {
             pretrained: absolute(&pretrained.dir)?,

@@ -32,7 +32,7 @@ pub struct Args {
     pub out: PathBuf,
     /// Continue the run in --out from its latest checkpoint, with its own config.toml.
     #[arg(long, conflicts_with_all = ["config", "method", "model", "tokenizer", "sni", "train_tasks",
-          "held_out_tasks", "steps", "batch_size", "seed", "lr", "precision"])]
+          "held_out_tasks", "steps", "batch_size", "seed", "lr", "precision", "checkpoint_activations"])]
     pub resume: bool,
     /// `method`: lora, ia3, private, poly, mhr, full-ft (or a -z / -mu variant).
     #[arg(long)]
@@ -68,6 +68,9 @@ pub struct Args {
     /// `precision`: f32, or bf16 (base weights in bf16, adapters in f32; flex or cuda).
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// `train.checkpoint_activations`: recompute each T5 block in backward instead of keeping its activations.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub checkpoint_activations: Option<bool>,
     /// Stop after this many steps (checkpointed) as if interrupted; --resume continues exactly.
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
@@ -117,6 +120,10 @@ impl Args {
             if let Some(value) = value {
                 section(&mut table, "train", &origin)?.insert(key.into(), value);
             }
+        }
+        if let Some(on) = self.checkpoint_activations {
+            section(&mut table, "train", &origin)?
+                .insert("checkpoint_activations".into(), toml::Value::Boolean(on));
         }
         if let Some(lr) = self.lr {
             let train = section(&mut table, "train", &origin)?;

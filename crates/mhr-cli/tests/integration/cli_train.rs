@@ -412,17 +412,8 @@ fn bad_train_and_export_inputs_are_one_line_errors() {
 #[test]
 fn bf16_run_resumes_exactly_and_adaptation_inherits_it() {
     let setup = Setup::new();
-    assert_success(&setup.train("mhr", "pre", &["--precision", "bf16"]));
-    let config = std::fs::read_to_string(setup.path("pre/config.toml")).unwrap();
-    assert!(config.contains("precision = \"bf16\""), "{config}");
-    assert_success(&setup.train("mhr", "parts", &["--precision", "bf16", "--stop-after", "1"]));
-    assert_success(&mhr(["train", "--resume", "--out", s(&setup.path("parts"))]));
-    let weights =
-        |run: &str| std::fs::read(setup.path(run).join("adapter/adapter_model.safetensors")).unwrap();
-    assert!(
-        weights("pre") == weights("parts"),
-        "resumed bf16 run's weights differ"
-    );
+    train_and_resume(&setup, &["--precision", "bf16"], "precision = \"bf16\"");
+    let weights = |run: &str| adapter_weights(&setup, run);
     assert_success(&adapt(&setup, "adapted", &["--steps", "2"]));
     assert!(
         !std::fs::read_to_string(setup.path("adapted/adapt.toml"))
@@ -442,6 +433,46 @@ fn bf16_run_resumes_exactly_and_adaptation_inherits_it() {
         &["bf16 is not supported by the ndarray backend"],
     );
     assert!(!setup.path("adapted-nd").exists(), "nothing written");
+}
+
+/// `--checkpoint-activations` is kept in the run's config, a checkpointed run resumes to the weights of an
+/// uninterrupted one, `mhr adapt` inherits the setting and `--checkpoint-activations=false` turns it off.
+#[test]
+fn checkpointed_run_resumes_exactly_and_adaptation_inherits_it() {
+    let setup = Setup::new();
+    train_and_resume(
+        &setup,
+        &["--checkpoint-activations"],
+        "checkpoint_activations = true",
+    );
+    let settings = |run: &str| std::fs::read_to_string(setup.path(run).join("adapt.toml")).unwrap();
+    assert_success(&adapt(&setup, "inherits", &["--steps", "2"]));
+    assert!(settings("inherits").contains("checkpoint_activations = true"));
+    assert_success(&adapt(
+        &setup,
+        "off",
+        &["--steps", "2", "--checkpoint-activations=false"],
+    ));
+    assert!(!settings("off").contains("checkpoint_activations"));
+}
+
+/// An MHR run `pre` with `flags`, whose config.toml then holds `kept`, and a run `parts` with the same flags
+/// stopped after a step and resumed, which must end with `pre`'s weights.
+fn train_and_resume(setup: &Setup, flags: &[&str], kept: &str) {
+    assert_success(&setup.train("mhr", "pre", flags));
+    let config = std::fs::read_to_string(setup.path("pre/config.toml")).unwrap();
+    assert!(config.contains(kept), "{config}");
+    assert_success(&setup.train("mhr", "parts", &[flags, &["--stop-after", "1"]].concat()));
+    assert_success(&mhr(["train", "--resume", "--out", s(&setup.path("parts"))]));
+    assert!(
+        adapter_weights(setup, "pre") == adapter_weights(setup, "parts"),
+        "resumed run's weights differ ({flags:?})"
+    );
+}
+
+/// The bytes of a run's exported adapter weights.
+fn adapter_weights(setup: &Setup, run: &str) -> Vec<u8> {
+    std::fs::read(setup.path(run).join("adapter/adapter_model.safetensors")).unwrap()
 }
 
 /// `mhr adapt --run pre --task HELD_OUT --k 4 --seed 1 --test-instances 4 --out OUT extra...`.

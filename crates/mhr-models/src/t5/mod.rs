@@ -3,6 +3,7 @@
 
 mod attention;
 mod block;
+mod checkpointing;
 mod ff;
 mod layer_norm;
 mod model;

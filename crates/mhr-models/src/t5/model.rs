@@ -124,11 +124,19 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
 
     /// A randomly initialised model with transformers' initialisation (for tests and in-process toy models).
     pub fn new(config: &T5Config, device: &B::Device) -> Result<Self, ModelError> {
+        Self::new_as(config, Precision::F32, device)
+    }
+
+    /// [`Self::new`] with the base weights in `precision`: the same draws, each tensor converted as it is made,
+    /// so that a bf16 model of T5-XL size never needs its f32 copy in memory.
+    pub fn new_as(config: &T5Config, precision: Precision, device: &B::Device) -> Result<Self, ModelError> {
+        precision.check::<B>(device)?;
         config.validate().map_err(|reason| ModelError::InvalidInput {
             name: "config",
             reason,
         })?;
-        Self::build(&mut RandomInit { device }, config.clone())
+        let dtype = precision.dtype();
+        Self::build(&mut RandomInit { device, dtype }, config.clone())
     }
 
     fn build<S: WeightSource<B>>(src: &mut S, config: T5Config) -> Result<Self, ModelError> {
@@ -207,28 +215,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         attention_mask: Tensor<B, 2, Int>,
         ctx: &RoutingContext<B>,
     ) -> Result<EncoderOutput<B>, ModelError> {
-        let [b, _] = self.check_tokens("input_ids", &input_ids, false)?;
-        if attention_mask.dims() != input_ids.dims() {
-            return Err(ModelError::InputShape {
-                name: "attention_mask",
-                expected: format!("{:?} (the shape of input_ids)", input_ids.dims()),
-                found: attention_mask.dims().to_vec(),
-            });
-        }
-        let mask_values = host_ints(&attention_mask);
-        if let Some(&v) = mask_values.iter().find(|v| **v != 0 && **v != 1) {
-            return Err(ModelError::InvalidInput {
-                name: "attention_mask",
-                reason: format!("holds {v}, not 0 or 1"),
-            });
-        }
-        self.check_routing(ctx, b)?;
-        let s = attention_mask.dims()[1];
-        let dtype = self.shared.val().dtype();
-        let mask_bias = mask_values.contains(&0).then(|| {
-            let bias = (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, s]) * MASKED;
-            to_dtype(bias, dtype)
-        });
+        let mask_bias = self.encoder_mask_bias(&input_ids, &attention_mask, ctx)?;
         let last_hidden_state =
             self.encoder
                 .encode(self.embed(input_ids), mask_bias.as_ref(), &self.with_routers(ctx));
@@ -239,6 +226,38 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         })
     }
 
+    /// Checks the encoder's inputs and routing; `[b, 1, 1, s]`: 0 for real tokens, -1e9 for padding, `None`
+    /// when nothing is padding.
+    pub(crate) fn encoder_mask_bias(
+        &self,
+        input_ids: &Tensor<B, 2, Int>,
+        attention_mask: &Tensor<B, 2, Int>,
+        ctx: &RoutingContext<B>,
+    ) -> Result<Option<Tensor<B, 4>>, ModelError> {
+        let [b, _] = self.check_tokens("input_ids", input_ids, false)?;
+        if attention_mask.dims() != input_ids.dims() {
+            return Err(ModelError::InputShape {
+                name: "attention_mask",
+                expected: format!("{:?} (the shape of input_ids)", input_ids.dims()),
+                found: attention_mask.dims().to_vec(),
+            });
+        }
+        let mask_values = host_ints(attention_mask);
+        if let Some(&v) = mask_values.iter().find(|v| **v != 0 && **v != 1) {
+            return Err(ModelError::InvalidInput {
+                name: "attention_mask",
+                reason: format!("holds {v}, not 0 or 1"),
+            });
+        }
+        self.check_routing(ctx, b)?;
+        let s = attention_mask.dims()[1];
+        let dtype = self.shared.val().dtype();
+        Ok(mask_values.contains(&0).then(|| {
+            let bias = (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, s]) * MASKED;
+            to_dtype(bias, dtype)
+        }))
+    }
+
     /// Decoder logits `[b, t, vocab]` for `decoder_input_ids: [b, t]` (starting with `decoder_start_token_id`).
     pub fn decode(
         &self,
@@ -246,7 +265,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         decoder_input_ids: Tensor<B, 2, Int>,
         ctx: &RoutingContext<B>,
     ) -> Result<Tensor<B, 3>, ModelError> {
-        self.check_decoder_batch("decoder_input_ids", &decoder_input_ids, encoder)?;
+        self.check_decoder_batch("decoder_input_ids", &decoder_input_ids, encoder.batch_size())?;
         self.check_tokens("decoder_input_ids", &decoder_input_ids, false)?;
         self.check_routing(ctx, encoder.batch_size())?;
         Ok(self.decode_step(encoder, decoder_input_ids, &mut DecoderCache::new(), ctx))
@@ -271,7 +290,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
     }
 
     /// The call's context with the model's shared routers, for the sites that route through them.
-    fn with_routers(&self, ctx: &RoutingContext<B>) -> RoutingContext<B> {
+    pub(crate) fn with_routers(&self, ctx: &RoutingContext<B>) -> RoutingContext<B> {
         ctx.clone().with_shared_routers(&self.shared_routers)
     }
 
@@ -282,9 +301,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         labels: Tensor<B, 2, Int>,
         ctx: &RoutingContext<B>,
     ) -> Result<Seq2SeqLmOutput<B>, ModelError> {
-        self.check_decoder_batch("labels", &labels, encoder)?;
-        self.check_tokens("labels", &labels, true)?;
-        self.check_routing(ctx, encoder.batch_size())?;
+        self.check_labels(&labels, encoder.batch_size(), ctx)?;
         let logits = self.decode_step(
             encoder,
             self.shift_right(labels.clone()),
@@ -325,12 +342,12 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         Tensor::cat(vec![start, shifted], 1)
     }
 
-    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    pub(crate) fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         embedding(self.shared.val(), ids)
     }
 
     /// Tied head: `shared` after scaling by `d_model^-0.5` (T5 v1.0); untied: `lm_head`, unscaled.
-    fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, d] = hidden.dims();
         let hidden = hidden.reshape([b * t, d]);
         let logits = match &self.lm_head {
@@ -368,21 +385,33 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         }
     }
 
+    /// Checks decoder-side tokens against the encoder's `batch` size.
     fn check_decoder_batch(
         &self,
         name: &'static str,
         ids: &Tensor<B, 2, Int>,
-        encoder: &EncoderOutput<B>,
+        batch: usize,
     ) -> Result<(), ModelError> {
-        let [b, _] = ids.dims();
-        if b != encoder.batch_size() {
+        if ids.dims()[0] != batch {
             return Err(ModelError::InputShape {
                 name,
-                expected: format!("[{}, length] (the encoder's batch)", encoder.batch_size()),
+                expected: format!("[{batch}, length] (the encoder's batch)"),
                 found: ids.dims().to_vec(),
             });
         }
         Ok(())
+    }
+
+    /// Checks teacher-forcing `labels` for an encoded batch of `batch` rows routed by `ctx`.
+    pub(crate) fn check_labels(
+        &self,
+        labels: &Tensor<B, 2, Int>,
+        batch: usize,
+        ctx: &RoutingContext<B>,
+    ) -> Result<(), ModelError> {
+        self.check_decoder_batch("labels", labels, batch)?;
+        self.check_tokens("labels", labels, true)?;
+        self.check_routing(ctx, batch)
     }
 
     /// Routed adapters need a task id per example (`batch` a multiple of their number), each below the
@@ -501,7 +530,10 @@ impl<B: Backend> ModuleMapper<B> for BaseCast {
 
 /// Mean cross entropy `[1]` and per-example summed log-likelihood `[b]` of `labels` under `logits`, in f32
 /// whatever the logits' dtype.
-fn label_scores<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+pub(crate) fn label_scores<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: Tensor<B, 2, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let logits = to_dtype(logits, DType::F32);
     let [b, t, _] = logits.dims();
     let ignored = labels.clone().equal_elem(IGNORE_INDEX);

@@ -91,25 +91,37 @@ impl<B: Backend> T5Stack<B> {
 
     /// Encoder: `x: [b, s, d_model]` embedded tokens, `mask_bias: [b, 1, 1, s]` (0 or -1e9 per key), `None`
     /// when no token is padding.
-    ///
-    /// The self-attention bias is built once for all blocks: `[1, heads, s, s]` without padding, else
-    /// `[b, heads, s, s]`, so that every block adds it without a 4-d broadcast.
     pub(crate) fn encode(
         &self,
         x: Tensor<B, 3>,
         mask_bias: Option<&Tensor<B, 4>>,
         ctx: &RoutingContext<B>,
     ) -> Tensor<B, 3> {
-        let s = x.dims()[1];
-        let position = self.position_bias(0, s, s);
-        let mask = mask_bias.map(|m| spread_mask(m, self.num_heads(), s));
-        let bias = match (position, mask) {
-            (Some(position), Some(mask)) => Some(add_bias(mask, &position)),
-            (position, mask) => position.or(mask),
-        };
+        let bias = self.encoder_bias(x.dims()[1], mask_bias);
         let x = self.block.iter().fold(self.dropout.forward(x), |x, block| {
             block.forward(x, bias.as_ref(), None, ctx)
         });
+        self.finish(x)
+    }
+
+    /// The encoder's self-attention bias, built once for all blocks: `[1, heads, s, s]` without padding, else
+    /// `[b, heads, s, s]`, so that every block adds it without a 4-d broadcast.
+    pub(crate) fn encoder_bias(&self, s: usize, mask_bias: Option<&Tensor<B, 4>>) -> Option<Tensor<B, 4>> {
+        let position = self.position_bias(0, s, s);
+        let mask = mask_bias.map(|m| spread_mask(m, self.num_heads(), s));
+        match (position, mask) {
+            (Some(position), Some(mask)) => Some(add_bias(mask, &position)),
+            (position, mask) => position.or(mask),
+        }
+    }
+
+    /// The dropout on the embedded tokens that enter the stack.
+    pub(crate) fn start(&self, embedded: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.dropout.forward(embedded)
+    }
+
+    /// The final layer norm and dropout after the last block.
+    pub(crate) fn finish(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.dropout.forward(self.final_layer_norm.forward(x))
     }
 
@@ -125,6 +137,28 @@ impl<B: Backend> T5Stack<B> {
         ctx: &RoutingContext<B>,
     ) -> Tensor<B, 3> {
         let (start, t) = (cache.len(), x.dims()[1]);
+        let bias = self.decoder_bias(start, t, &x);
+        let cross_bias = self.cross_bias(cross_bias, t);
+        let layers = cache.layers_mut(self.block.len());
+        let x = self
+            .block
+            .iter()
+            .zip(layers)
+            .fold(self.start(x), |x, (block, layer_cache)| {
+                let cross = CrossInput {
+                    encoder_hidden,
+                    bias: cross_bias.as_ref(),
+                    cache: layer_cache,
+                };
+                block.forward(x, bias.as_ref(), Some(cross), ctx)
+            });
+        cache.advance(t);
+        self.finish(x)
+    }
+
+    /// The decoder's self-attention bias for the positions `start..start + t` (of `x`'s dtype and device):
+    /// relative positions, and a causal mask when there is more than one.
+    pub(crate) fn decoder_bias(&self, start: usize, t: usize, x: &Tensor<B, 3>) -> Option<Tensor<B, 4>> {
         let k_len = start + t;
         // The last query sees every key: a single new position needs no causal mask.
         let causal = (t > 1).then(|| {
@@ -134,7 +168,7 @@ impl<B: Backend> T5Stack<B> {
             let causal = Tensor::<B, 4>::from_data(TensorData::new(causal, [1, 1, t, k_len]), &x.device());
             to_dtype(causal, x.dtype())
         });
-        let bias = match (self.position_bias(start, t, k_len), causal) {
+        match (self.position_bias(start, t, k_len), causal) {
             // `[h, t·k] + [1, t·k]`: a row broadcast (see `add_bias`).
             (Some(position), Some(causal)) => {
                 let h = position.dims()[1];
@@ -144,20 +178,12 @@ impl<B: Backend> T5Stack<B> {
                 )
             }
             (position, causal) => position.or(causal),
-        };
-        let cross_bias = cross_bias.map(|m| spread_mask(m, self.num_heads(), t));
-        let layers = cache.layers_mut(self.block.len());
-        let x = self.dropout.forward(x);
-        let x = self.block.iter().zip(layers).fold(x, |x, (block, layer_cache)| {
-            let cross = CrossInput {
-                encoder_hidden,
-                bias: cross_bias.as_ref(),
-                cache: layer_cache,
-            };
-            block.forward(x, bias.as_ref(), Some(cross), ctx)
-        });
-        cache.advance(t);
-        self.dropout.forward(self.final_layer_norm.forward(x))
+        }
+    }
+
+    /// The encoder padding mask `[b, 1, 1, s]` spread over the heads and `t` queries of cross-attention.
+    pub(crate) fn cross_bias(&self, mask_bias: Option<&Tensor<B, 4>>, t: usize) -> Option<Tensor<B, 4>> {
+        mask_bias.map(|m| spread_mask(m, self.num_heads(), t))
     }
 
     pub(crate) fn map_sites<E>(self, prefix: &str, f: &mut SiteFn<'_, B, E>) -> Result<Self, E> {

@@ -1,10 +1,12 @@
 //! T5's dropout against a forward pass transcribed here from transformers' `modeling_t5.py`, which applies
-//! the same masks at the sites where transformers applies dropout.
+//! the same masks at the sites where transformers applies dropout; activation checkpointing, which must draw
+//! the same masks twice (`checkpointing.rs`).
 //!
 //! One site at a time gets p = 0.5; the model and the transcription draw their masks from the backend after
 //! the same seed. Burn's backend RNG is process-global, so these tests have a binary of their own and take
 //! turns.
 
+mod checkpointing;
 #[path = "../integration/common.rs"]
 mod common;
 

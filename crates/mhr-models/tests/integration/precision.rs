@@ -304,3 +304,42 @@ fn bf16_is_refused_on_ndarray() {
     );
     assert!(err.to_string().contains("bf16 is not supported"), "{err}");
 }
+
+/// Every float parameter's dtype and values, in visiting order.
+struct Parameters(Vec<TensorData>);
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for Parameters {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().into_data());
+    }
+}
+
+fn parameters<B: Backend>(model: &T5ForConditionalGeneration<B>) -> Vec<TensorData> {
+    let mut visitor = Parameters(Vec::new());
+    model.visit(&mut visitor);
+    visitor.0
+}
+
+/// A random bf16 model (what `cargo xtask bench --preset xl --precision bf16` trains) holds the f32 model's draws,
+/// rounded to bf16 tensor by tensor, never the whole model in f32.
+#[test]
+fn random_bf16_model_is_the_f32_draws_rounded() {
+    let config = mhr_models::T5Config::load(oracle_dir("t5-v1_1").join("config.json")).unwrap();
+    let device = Default::default();
+    Flex::seed(&device, 7);
+    let direct = T5ForConditionalGeneration::<Flex>::new_as(&config, Precision::Bf16, &device).unwrap();
+    Flex::seed(&device, 7);
+    let rounded = T5ForConditionalGeneration::<Flex>::new(&config, &device)
+        .unwrap()
+        .with_precision(Precision::Bf16)
+        .unwrap();
+    assert_eq!(direct.precision(), Precision::Bf16);
+    let (direct, rounded) = (parameters(&direct), parameters(&rounded));
+    assert_eq!(direct.len(), rounded.len());
+    assert!(direct.len() > 10, "{} parameters", direct.len());
+    for (i, (a, b)) in direct.into_iter().zip(rounded).enumerate() {
+        assert_eq!(a.dtype, DType::BF16, "parameter {i}");
+        assert_eq!(a.shape, b.shape, "parameter {i}");
+        assert_eq!(a.as_bytes(), b.as_bytes(), "parameter {i}");
+    }
+}
