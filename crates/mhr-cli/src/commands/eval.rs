@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use mhr_data::{EncodedChoices, Encoder, Example};
+use mhr_models::Precision;
 use mhr_train::eval::{RankClassification, rank_classification};
 use mhr_train::results::{ResultRow, Results};
 use mhr_train::sni::{GenerationScores, greedy_texts};
@@ -19,7 +20,7 @@ use serde_json::json;
 
 use crate::commands::common::catch_panics;
 use crate::commands::run_dir::{AdaptSettings, Run, RunKind, check_model_dir};
-use crate::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
+use crate::device::{BackendTask, DeviceSpec, ensure_compiled, ensure_precision, with_backend};
 
 /// `preset` of the results written by `mhr eval`.
 pub const PRESET: &str = "mhr-eval";
@@ -45,6 +46,10 @@ pub struct Args {
     /// gold answer choice).
     #[arg(long, value_name = "FILE.jsonl")]
     pub predictions: Option<PathBuf>,
+    /// The base weights' precision, f32 or bf16 (default: each run's own): a bf16 run evaluates in f32 on a
+    /// backend without bf16 (ndarray, wgpu), for instance.
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Backend and device: cpu, ndarray, flex, wgpu[:N] or cuda[:N] (as compiled in).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
@@ -54,6 +59,8 @@ pub struct Args {
 struct Job {
     run: Run,
     adapt: AdaptSettings,
+    /// The base's precision in this evaluation.
+    precision: Precision,
     test: Vec<Example>,
     task_id: usize,
     scoring: Scoring,
@@ -109,12 +116,17 @@ impl BackendTask for EvalTask<'_> {
 
 fn job(dir: &Path, args: &Args) -> Result<Job> {
     let run = Run::open(dir)?;
+    let run = match args.precision {
+        Some(precision) => run.in_precision(precision),
+        None => run,
+    };
     let RunKind::Adapt(adapt, pretrained) = &run.kind else {
         bail!(
             "--run {}: a pre-training run; evaluate the runs of `mhr adapt`",
             dir.display()
         );
     };
+    let precision = adapt.precision_over(&pretrained.settings);
     let adapt = (**adapt).clone();
     let model_config = check_model_dir(&run.settings.model)?;
     let encoder = adapt.encoder(&run.settings, &model_config)?;
@@ -133,6 +145,7 @@ fn job(dir: &Path, args: &Args) -> Result<Job> {
     Ok(Job {
         run,
         adapt,
+        precision,
         test,
         task_id,
         scoring,
@@ -150,6 +163,15 @@ pub fn run(args: Args) -> Result<()> {
         .map(|dir| job(dir, &args))
         .collect::<Result<_>>()?;
     let spec = args.device;
+    // Refused before any run is loaded: a bf16 run on a backend without bf16 names the flag that helps.
+    for job in &jobs {
+        ensure_precision(spec, job.precision).map_err(|e| {
+            anyhow::anyhow!(
+                "--run {}: {e} (or evaluate it with --precision f32)",
+                job.run.dir.display()
+            )
+        })?;
+    }
     let task = EvalTask {
         jobs: &jobs,
         batch_size: args.batch_size as usize,

@@ -358,6 +358,17 @@ impl Run {
         }
     }
 
+    /// The run with its base in `precision` wherever it is loaded (its pre-training run's too): to evaluate it in
+    /// another precision than it was trained in.
+    pub fn in_precision(mut self, precision: Precision) -> Self {
+        self.settings.precision = precision;
+        if let RunKind::Adapt(adapt, pretrained) = &mut self.kind {
+            adapt.precision = Some(precision);
+            **pretrained = pretrained.as_ref().clone().in_precision(precision);
+        }
+        self
+    }
+
     /// The steps the run is configured for.
     pub fn total_steps(&self) -> usize {
         match &self.kind {

@@ -408,7 +408,8 @@ fn bad_train_and_export_inputs_are_one_line_errors() {
 }
 
 /// A run with its base in bf16: the precision is kept in the run's config, a resumed run ends with the weights of
-/// an uninterrupted one, `mhr adapt` inherits it, and ndarray (no bf16) refuses it before writing anything.
+/// an uninterrupted one, `mhr adapt` and `mhr eval` inherit it, ndarray (no bf16) refuses it before writing
+/// anything, and `mhr eval --precision f32` evaluates it there.
 #[test]
 fn bf16_run_resumes_exactly_and_adaptation_inherits_it() {
     let setup = Setup::new();
@@ -433,6 +434,19 @@ fn bf16_run_resumes_exactly_and_adaptation_inherits_it() {
         &["bf16 is not supported by the ndarray backend"],
     );
     assert!(!setup.path("adapted-nd").exists(), "nothing written");
+
+    // `mhr eval` runs in the run's precision; ndarray refuses it, and evaluates it with `--precision f32`.
+    let eval = |out: &str, extra: &[&str]| {
+        let (run, out) = (setup.path("adapted"), setup.path(out));
+        mhr([&["eval", "--run", s(&run), "--out", s(&out)], extra].concat())
+    };
+    assert_success(&eval("bf16.json", &[]));
+    assert_error(
+        &eval("nd.json", &["--device", "ndarray"]),
+        &["bf16 is not supported by the ndarray backend", "--precision f32"],
+    );
+    assert!(!setup.path("nd.json").exists(), "nothing written");
+    assert_success(&eval("f32.json", &["--device", "ndarray", "--precision", "f32"]));
 }
 
 /// `--checkpoint-activations` is kept in the run's config, a checkpointed run resumes to the weights of an
