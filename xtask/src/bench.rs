@@ -491,8 +491,8 @@ impl BackendTask for Bench {
                 let (updated, _) = optim.step(1.0, model, grads);
                 model = updated;
                 B::sync(&device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                device_memory.sample();
                 let dt = t0.elapsed().as_secs_f64();
+                device_memory.sample();
                 if i >= a.warmup {
                     times.push(dt);
                     forward_times.extend(t_forward);

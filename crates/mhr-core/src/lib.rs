@@ -35,7 +35,7 @@ pub use error::CoreError;
 pub use host::AdapterHost;
 pub use ia3::{Ia3, RoutedIa3};
 pub use lora::Lora;
-pub use method::{Method, NewTaskRouting, ParamGroup, Stage, TrainableSet};
+pub use method::{GroupMap, Method, NewTaskRouting, ParamGroup, Stage, TrainableSet};
 pub use routed::RoutedLora;
 pub use router::{PolyRouter, RoutingMode};
 pub use routing::RoutingContext;

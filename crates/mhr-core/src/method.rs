@@ -183,6 +183,14 @@ impl ParamGroup {
         }
     }
 
+    /// `module` with every float parameter mapped by `map` according to its group.
+    pub fn map_params<B: Backend, M: Module<B>>(module: M, map: impl GroupMap<B>) -> M {
+        module.map(&mut ByGroup {
+            map,
+            path: Vec::new(),
+        })
+    }
+
     /// The id and group of every float parameter of `module`, in module order.
     pub fn of_params<B: Backend, M: Module<B>>(module: &M) -> Vec<(ParamId, ParamGroup)> {
         let mut visitor = GroupVisitor {
@@ -225,20 +233,28 @@ impl TrainableSet {
 
     /// Sets `require_grad` on every float parameter of `module` by its group; nothing else changes.
     pub fn apply<B: Backend, M: Module<B>>(&self, module: M) -> M {
-        let mut mapper = Freezer {
-            set: *self,
-            path: Vec::new(),
-        };
-        module.map(&mut mapper)
+        ParamGroup::map_params(module, *self)
     }
 }
 
-struct Freezer {
-    set: TrainableSet,
+impl<B: Backend> GroupMap<B> for TrainableSet {
+    fn map<const D: usize>(&mut self, group: ParamGroup, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(self.includes(group))
+    }
+}
+
+/// What [`ParamGroup::map_params`] does to one float parameter of a group.
+pub trait GroupMap<B: Backend> {
+    fn map<const D: usize>(&mut self, group: ParamGroup, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>>;
+}
+
+/// Maps each float parameter with its group, as [`ParamGroup::of`] names it from the parameter's field.
+struct ByGroup<F> {
+    map: F,
     path: Vec<String>,
 }
 
-impl<B: Backend> ModuleMapper<B> for Freezer {
+impl<B: Backend, F: GroupMap<B>> ModuleMapper<B> for ByGroup<F> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
     }
@@ -249,7 +265,7 @@ impl<B: Backend> ModuleMapper<B> for Freezer {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let field = self.path.last().map(String::as_str).unwrap_or("");
-        param.set_require_grad(self.set.includes(ParamGroup::of(field)))
+        self.map.map(ParamGroup::of(field), param)
     }
 }
 

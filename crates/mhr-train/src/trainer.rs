@@ -294,7 +294,8 @@ where
             break;
         }
         // Per-step seed: the routing noise of a step does not depend on where the run was resumed.
-        B::seed(&device, mix(config.seed, step as u64));
+        let step_seed = mix(config.seed, step as u64);
+        B::seed(&device, step_seed);
         let mut accumulator = GradientsAccumulator::<Model<B>>::new();
         let mut step_loss = 0.0;
         // The objective's named loss terms, summed over the micro-batches like `step_loss`.
@@ -305,7 +306,7 @@ where
             tokens += batch.tokens;
             let (micro_loss, grads) = if config.checkpoint_activations {
                 // Each segment's draws from the step's seed, the micro-batch and the segment.
-                let seeds = |segment| mix(mix(mix(config.seed, step as u64), micro as u64), segment as u64);
+                let seeds = |segment| mix(mix(step_seed, micro as u64), segment as u64);
                 let (loss, terms, grads) = model.checkpointed_gradients(
                     batch.input_ids.clone(),
                     batch.attention_mask.clone(),

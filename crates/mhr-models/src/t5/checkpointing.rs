@@ -109,7 +109,7 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
             encoder_last_hidden_state: encoder_hidden.clone(),
         };
         let (loss, extra) = loss(output)?;
-        let mut grad = self.backward_segment(&mut accumulator, loss.clone(), &input);
+        let [mut grad] = self.backward_segment(&mut accumulator, loss.clone(), [&input]);
 
         let ctx_graph = self.with_routers(ctx);
         let mut encoder_grad = encoder_hidden.zeros_like().inner();
@@ -127,17 +127,16 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
                 cache: &mut LayerCache::default(),
             };
             let output = self.decoder.block[j].forward(input.clone(), bias.as_ref(), Some(cross), &ctx_graph);
-            let surrogate = (output * Tensor::from_inner(grad)).sum();
-            let grads = surrogate.backward();
-            encoder_grad = encoder_grad + hidden.grad(&grads).unwrap_or_else(|| hidden.zeros_like().inner());
-            grad = input.grad(&grads).unwrap_or_else(|| input.zeros_like().inner());
-            accumulator.accumulate(self, GradientsParams::from_grads(grads, self));
+            let [input_grad, hidden_grad] =
+                self.backward_segment(&mut accumulator, pulled_back(output, grad), [&input, &hidden]);
+            grad = input_grad;
+            encoder_grad = encoder_grad + hidden_grad;
         }
 
         seed(enc_final);
         let input = enc_last.require_grad();
-        let surrogate = (self.encoder.finish(input.clone()) * Tensor::from_inner(encoder_grad)).sum();
-        let mut grad = self.backward_segment(&mut accumulator, surrogate, &input);
+        let output = self.encoder.finish(input.clone());
+        let [mut grad] = self.backward_segment(&mut accumulator, pulled_back(output, encoder_grad), [&input]);
         for i in (0..n_enc).rev() {
             seed(i);
             let input = match i {
@@ -147,23 +146,28 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
             // Built in every segment: a tensor of one segment's graph is spent by its backward.
             let bias = self.encoder.encoder_bias(s, mask_bias.as_ref());
             let output = self.encoder.block[i].forward(input.clone(), bias.as_ref(), None, &ctx_graph);
-            let surrogate = (output * Tensor::from_inner(grad)).sum();
-            grad = self.backward_segment(&mut accumulator, surrogate, &input);
+            [grad] = self.backward_segment(&mut accumulator, pulled_back(output, grad), [&input]);
         }
         Ok((loss.detach(), extra, accumulator.grads()))
     }
 
-    /// Backward of one segment's `objective`: its parameter gradients into `accumulator`, and the gradient
-    /// of its `input` (zeros when the objective does not depend on it).
-    fn backward_segment(
+    /// Backward of one segment's `objective`: its parameter gradients into `accumulator`, and the gradients
+    /// of its `inputs` (zeros for one the objective does not depend on).
+    fn backward_segment<const N: usize>(
         &self,
         accumulator: &mut GradientsAccumulator<Self>,
         objective: Tensor<B, 1>,
-        input: &Tensor<B, 3>,
-    ) -> Tensor<B::InnerBackend, 3> {
+        inputs: [&Tensor<B, 3>; N],
+    ) -> [Tensor<B::InnerBackend, 3>; N] {
         let grads = objective.backward();
-        let grad = input.grad(&grads).unwrap_or_else(|| input.zeros_like().inner());
+        let input_grads =
+            inputs.map(|input| input.grad(&grads).unwrap_or_else(|| input.zeros_like().inner()));
         accumulator.accumulate(self, GradientsParams::from_grads(grads, self));
-        grad
+        input_grads
     }
+}
+
+/// `Σ output · grad`: its backward hands `grad` (the next segment's input gradient) to `output`.
+fn pulled_back<B: AutodiffBackend>(output: Tensor<B, 3>, grad: Tensor<B::InnerBackend, 3>) -> Tensor<B, 1> {
+    (output * Tensor::from_inner(grad)).sum()
 }

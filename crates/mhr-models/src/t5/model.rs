@@ -1,11 +1,13 @@
 use std::path::Path;
 
-use burn::module::{ModuleMapper, Param};
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::embedding;
-use mhr_core::{AdaptedLinear, AdapterHost, IGNORE_INDEX, RoutingContext, SharedRouters, to_dtype};
+use mhr_core::{
+    AdaptedLinear, AdapterHost, GroupMap, IGNORE_INDEX, ParamGroup, RoutingContext, SharedRouters, to_dtype,
+};
 
 use crate::config::{T5Config, check_dropout_rate};
 use crate::error::ModelError;
@@ -186,11 +188,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
     /// The model with its base weights (not its adapters or routers) cast to `precision`.
     pub fn with_precision(self, precision: Precision) -> Result<Self, ModelError> {
         precision.check::<B>(&self.shared.device())?;
-        let mut cast = BaseCast {
-            dtype: precision.dtype(),
-            path: Vec::new(),
-        };
-        Ok(self.map(&mut cast))
+        Ok(ParamGroup::map_params(self, BaseCast(precision.dtype())))
     }
 
     /// The model with T5's dropout at `rate` at every site (`config.json`'s `dropout_rate` overridden, for
@@ -501,30 +499,16 @@ impl<B: Backend> AdapterHost<B> for T5ForConditionalGeneration<B> {
     }
 }
 
-/// Casts the float parameters outside adapters and routers (the frozen base) to `dtype`.
-struct BaseCast {
-    dtype: DType,
-    path: Vec<String>,
-}
+/// Casts the float parameters of [`ParamGroup::Base`] (not the adapters or routing logits) to its dtype.
+struct BaseCast(DType);
 
-impl<B: Backend> ModuleMapper<B> for BaseCast {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+impl<B: Backend> GroupMap<B> for BaseCast {
+    fn map<const D: usize>(&mut self, group: ParamGroup, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if group != ParamGroup::Base {
+            return param;
+        }
         let (id, tensor, mapper) = param.consume();
-        let adapter = self.path.iter().any(|p| p == "adapter" || p == "shared_routers");
-        let tensor = if adapter {
-            tensor
-        } else {
-            to_dtype(tensor, self.dtype)
-        };
-        Param::from_mapped_value(id, tensor, mapper)
+        Param::from_mapped_value(id, to_dtype(tensor, self.0), mapper)
     }
 }
 
