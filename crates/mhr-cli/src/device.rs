@@ -74,6 +74,96 @@ impl DeviceSpec {
     }
 }
 
+/// `--devices`: the peers of a data-parallel run, all on one backend: `cpu:N` (also `flex:N`, `ndarray:N`) for
+/// N peers on the CPU, or a list of GPUs such as `cuda:0,cuda:1` (`wgpu:0,wgpu:1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Devices {
+    /// The backend, and the first peer's device.
+    pub spec: DeviceSpec,
+    peers: Peers,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Peers {
+    /// Peers sharing the CPU device.
+    Cpu(usize),
+    /// One peer per GPU index.
+    Gpus(Vec<usize>),
+}
+
+impl FromStr for Devices {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |why: &str| format!("invalid --devices `{s}`: {why}");
+        if let Some((name, count)) = s.split_once(':')
+            && matches!(name, "cpu" | "flex" | "ndarray")
+        {
+            let count: usize = count
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| invalid("the number of CPU peers must be a positive integer"))?;
+            return Ok(Self {
+                spec: name.parse()?,
+                peers: Peers::Cpu(count),
+            });
+        }
+        let specs = s
+            .split(',')
+            .map(|d| d.trim().parse::<DeviceSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let indices = specs
+            .iter()
+            .map(|spec| match (spec, specs[0]) {
+                (DeviceSpec::Cuda(i), DeviceSpec::Cuda(_))
+                | (DeviceSpec::Wgpu(Some(i)), DeviceSpec::Wgpu(_)) => Ok(*i),
+                _ => Err(invalid(&format!(
+                    "`{spec}`: list GPUs of one backend with their index (cuda:0,cuda:1 or wgpu:0,wgpu:1), \
+                     or give CPU peers as cpu:N"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = (1..indices.len()).find(|&i| indices[..i].contains(&indices[i])) {
+            return Err(invalid(&format!("`{}` is named twice", specs[i])));
+        }
+        Ok(Self {
+            spec: specs[0],
+            peers: Peers::Gpus(indices),
+        })
+    }
+}
+
+impl Devices {
+    /// One device, as `--device` names it.
+    pub fn one(spec: DeviceSpec) -> Self {
+        let peers = match spec {
+            DeviceSpec::Cuda(i) | DeviceSpec::Wgpu(Some(i)) => Peers::Gpus(vec![i]),
+            _ => Peers::Cpu(1),
+        };
+        Self { spec, peers }
+    }
+
+    /// The peers' devices on backend `B`, whose first device is `first` (the one [`with_backend`] started).
+    pub fn of<B: burn::tensor::backend::Backend>(&self, first: &B::Device) -> Vec<B::Device> {
+        use burn::tensor::backend::{Device as _, DeviceId, DeviceOps as _};
+        match &self.peers {
+            Peers::Cpu(n) => vec![first.clone(); *n],
+            Peers::Gpus(indices) => {
+                let type_id = first.id().type_id;
+                (indices.iter())
+                    .map(|&i| {
+                        B::Device::from_id(DeviceId {
+                            type_id,
+                            index_id: i as u16,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// The backends this binary was built with.
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut v = Vec::new();

@@ -50,9 +50,9 @@ impl<B: Backend> RoutedIa3<B> {
 
     /// Per-example scaling vectors `[b, 1, width]` for a batch of `b` rows.
     pub fn scaling(&self, batch: usize, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
-        let weights = ctx
-            .router(&self.router)
-            .mixing_weights(ctx.ids_for_batch(batch), ctx.mode());
+        let weights =
+            ctx.router(&self.router)
+                .drawn_mixing_weights(ctx.ids_for_batch(batch), ctx.mode(), ctx.draws());
         self.mix(weights)
     }
 

@@ -9,6 +9,7 @@
 mod adapted_linear;
 mod config;
 mod diagnostics;
+pub mod draws;
 mod dtype;
 mod error;
 mod host;
@@ -30,6 +31,7 @@ pub use config::{
     RouterGranularity, RoutingConfig,
 };
 pub use diagnostics::RoutingDiagnostics;
+pub use draws::{Draws, mix};
 pub use dtype::to_dtype;
 pub use error::CoreError;
 pub use host::AdapterHost;

@@ -96,7 +96,10 @@ impl<B: Backend> RoutedLora<B> {
         let batch = x.dims()[0];
         let (a, b) = ctx.mixed_adapters(self.poly_lora_a.id, batch, || {
             let ids = ctx.ids_for_batch(batch);
-            self.mix(ctx.router(&self.router).mixing_weights(ids, ctx.mode()))
+            self.mix(
+                ctx.router(&self.router)
+                    .drawn_mixing_weights(ids, ctx.mode(), ctx.draws()),
+            )
         });
         let u = x.matmul(a);
         let u = if self.scale == 1.0 { u } else { u * self.scale };

@@ -4,6 +4,7 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::sigmoid;
 
 use crate::config::{Normalization, RoutingConfig};
+use crate::draws::{Draws, random};
 
 /// Added to the per-head sum, as in peft and mttl.
 const NORM_EPS: f64 = 1e-12;
@@ -65,18 +66,32 @@ impl<B: Backend> PolyRouter<B> {
         self.module_logits.dims()[0]
     }
 
-    /// Mixing weights `[batch, h, S]` for each example's task.
+    /// Mixing weights `[batch, h, S]` for each example's task, their noise (if any) from the backend's
+    /// generator.
     pub fn mixing_weights(&self, task_ids: Tensor<B, 1, Int>, mode: RoutingMode) -> Tensor<B, 3> {
+        self.drawn_mixing_weights(task_ids, mode, None)
+    }
+
+    /// [`Self::mixing_weights`] with the noise from a forward's [`Draws`] (a training step's).
+    pub fn drawn_mixing_weights(
+        &self,
+        task_ids: Tensor<B, 1, Int>,
+        mode: RoutingMode,
+        draws: Option<&Draws>,
+    ) -> Tensor<B, 3> {
         let sampled = mode == RoutingMode::Sampled;
         let shape = [task_ids.dims()[0], self.n_heads, self.n_skills];
         let device = task_ids.device();
+        let dtype = self.module_logits.val().dtype();
         let noise = (sampled && self.config.relaxed_bernoulli)
-            .then(|| Tensor::random(shape, Distribution::Default, &device));
+            .then(|| random(draws, shape, Distribution::Default, &device, dtype));
         let keep = (sampled && self.config.logits_dropout > 0.0).then(|| {
-            Tensor::random(
+            random(
+                draws,
                 shape,
                 Distribution::Bernoulli(1.0 - self.config.logits_dropout),
                 &device,
+                dtype,
             )
         });
         self.weights_from(task_ids, noise, keep)

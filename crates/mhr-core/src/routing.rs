@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use burn::module::ParamId;
 use burn::prelude::*;
 
+use crate::draws::Draws;
 use crate::router::{PolyRouter, RoutingMode};
 use crate::sharing::{SharedRouters, SiteRouter};
 
@@ -18,6 +19,7 @@ pub struct RoutingContext<B: Backend> {
     mode: RoutingMode,
     shared: SharedRouters<B>,
     mixed: Option<MixedAdapters<B>>,
+    draws: Option<Draws>,
 }
 
 /// Per-example mixed adapters `(A_t, B_t)` by site (its `A` parameter) and batch size.
@@ -30,6 +32,7 @@ impl<B: Backend> RoutingContext<B> {
             mode,
             shared: SharedRouters::default(),
             mixed: None,
+            draws: None,
         }
     }
 
@@ -40,11 +43,23 @@ impl<B: Backend> RoutingContext<B> {
             mode: RoutingMode::Deterministic,
             shared: SharedRouters::default(),
             mixed: None,
+            draws: None,
         }
     }
 
     pub fn mode(&self) -> RoutingMode {
         self.mode
+    }
+
+    /// The context whose forward draws its random numbers from `draws` (a training step's: see [`Draws`]).
+    pub fn with_draws(mut self, draws: Draws) -> Self {
+        self.draws = Some(draws);
+        self
+    }
+
+    /// Where the forward's random numbers come from; `None`: the backend's generator as it stands.
+    pub fn draws(&self) -> Option<&Draws> {
+        self.draws.as_ref()
     }
 
     pub fn with_mode(mut self, mode: RoutingMode) -> Self {
@@ -64,6 +79,7 @@ impl<B: Backend> RoutingContext<B> {
             mode: self.mode,
             shared: self.shared.clone(),
             mixed: None,
+            draws: None,
         }
     }
 
@@ -75,6 +91,7 @@ impl<B: Backend> RoutingContext<B> {
             mode: self.mode,
             shared: self.shared.clone(),
             mixed: None,
+            draws: None,
         }
     }
 

@@ -89,10 +89,31 @@ impl BatchData {
         )
     }
 
+    /// Rows `rows` of the batch, padded as the whole batch is (a data-parallel peer's share of it).
+    ///
+    /// # Panics
+    /// When `rows` reaches past the batch.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        let (s, t) = (self.source_len, self.target_len);
+        Self {
+            batch_size: rows.len(),
+            source_len: s,
+            target_len: t,
+            input_ids: self.input_ids[rows.start * s..rows.end * s].to_vec(),
+            attention_mask: self.attention_mask[rows.start * s..rows.end * s].to_vec(),
+            labels: self.labels[rows.start * t..rows.end * t].to_vec(),
+            task_ids: self.task_ids[rows].to_vec(),
+        }
+    }
+
+    /// Target tokens the loss counts (labels other than [`IGNORE_INDEX`]).
+    pub fn label_tokens(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+    }
+
     /// Real (non-pad) source and target tokens, for throughput.
     pub fn tokens(&self) -> usize {
-        self.attention_mask.iter().filter(|&&m| m == 1).count()
-            + self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+        self.attention_mask.iter().filter(|&&m| m == 1).count() + self.label_tokens()
     }
 
     /// The batch on `device` as Int tensors.
@@ -237,6 +258,16 @@ mod tests {
         assert_eq!(data.task_ids, vec![2, 0]);
         // 3 + 2 source tokens and 2 + 4 target tokens; padding does not count.
         assert_eq!(data.tokens(), 11);
+        assert_eq!(data.label_tokens(), 6);
+        // A peer's share keeps the whole batch's padding.
+        let second = data.rows(1..2);
+        assert_eq!(
+            (second.batch_size, second.source_len, second.target_len),
+            (1, 3, 4)
+        );
+        assert_eq!(second.input_ids, vec![8, 1, 0]);
+        assert_eq!(second.labels, vec![9, 10, 11, 1]);
+        assert_eq!((second.label_tokens(), second.task_ids), (4, vec![0]));
 
         let batch: Seq2SeqBatch<B> = Seq2SeqBatcher { pad_id: 0 }.batch(items, &Default::default());
         assert_eq!(batch.input_ids.dims(), [2, 3]);

@@ -6,6 +6,9 @@ use mhr_data::{EncodedChoices, EncodedExample};
 
 use crate::config::TrainConfig;
 
+/// Per-step and per-micro-batch seeds derive through the one mixing rule of mhr-core.
+pub use mhr_core::mix;
+
 /// The shape of a step's data: examples per micro-batch and micro-batches per optimiser step. Samplers take
 /// it from the stage's [`TrainConfig`], and the trainer refuses data of another shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,15 +27,16 @@ impl StepShape {
 }
 
 /// Which examples each training step sees. Deterministic in `(step, micro-batch)`, so a resumed run
-/// sees exactly the batches an uninterrupted one would.
-pub trait StepData {
+/// sees exactly the batches an uninterrupted one would (and data-parallel peers, which share it, the same
+/// micro-batches).
+pub trait StepData: Sync {
     fn examples(&self, step: usize, micro: usize) -> Vec<EncodedExample>;
     fn shape(&self) -> StepShape;
 }
 
 /// [`StepData`] for multiple-choice examples (every answer choice and the gold index), the data of the
 /// T-Few objective; deterministic in `(step, micro-batch)` likewise.
-pub trait ChoiceStepData {
+pub trait ChoiceStepData: Sync {
     fn choices(&self, step: usize, micro: usize) -> Vec<EncodedChoices>;
     fn shape(&self) -> StepShape;
 }
@@ -55,7 +59,7 @@ impl<F: Fn(&mut StdRng) -> EncodedExample> Generated<F> {
     }
 }
 
-impl<F: Fn(&mut StdRng) -> EncodedExample> StepData for Generated<F> {
+impl<F: Fn(&mut StdRng) -> EncodedExample + Sync> StepData for Generated<F> {
     fn examples(&self, step: usize, micro: usize) -> Vec<EncodedExample> {
         let mut rng = StdRng::seed_from_u64(mix(mix(self.seed, step as u64), micro as u64));
         (0..self.shape.batch_size)
@@ -137,14 +141,6 @@ impl ChoiceStepData for ShuffledEpochs<'_, EncodedChoices> {
     fn shape(&self) -> StepShape {
         self.shape
     }
-}
-
-/// A 64-bit mix of a seed and a counter (SplitMix64's finaliser), for per-step seeds.
-pub fn mix(seed: u64, counter: u64) -> u64 {
-    let mut z = seed ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

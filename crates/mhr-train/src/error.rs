@@ -29,6 +29,22 @@ pub enum TrainError {
     },
     #[error("non-finite loss {loss} at step {step}; the last good checkpoint is kept")]
     NonFiniteLoss { step: usize, loss: f64 },
+    /// Data-parallel peer `peer` failed; `source` says how.
+    #[error("data-parallel peer {peer}")]
+    Peer {
+        peer: usize,
+        #[source]
+        source: Box<TrainError>,
+    },
+    /// A collective operation of peer `peer` failed, or was released because another peer failed.
+    #[error("data-parallel peer {peer}, {what}: collective operation failed ({cause})")]
+    Collective {
+        peer: usize,
+        what: String,
+        cause: String,
+    },
+    #[error("data-parallel peer {peer} panicked: {message}")]
+    PeerPanicked { peer: usize, message: String },
     #[error("non-finite scores in evaluation: {0}")]
     NonFiniteScores(String),
     #[error("invalid configuration: {0}")]

@@ -14,6 +14,7 @@ pub mod methods;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
+mod parallel;
 pub mod pipeline;
 pub mod results;
 pub mod schedule;

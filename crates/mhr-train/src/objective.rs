@@ -2,14 +2,15 @@
 //! only the forward pass and the loss of a micro-batch differ.
 
 use burn::prelude::*;
-use mhr_core::{AdapterHost, RoutingContext, RoutingMode};
-use mhr_data::ChoiceBatchData;
+use mhr_core::{AdapterHost, Draws, RoutingContext, RoutingMode};
+use mhr_data::{BatchData, ChoiceBatchData};
 use mhr_models::{Seq2SeqLmOutput, T5ForConditionalGeneration};
 
-use crate::batch::{pad_id, seq2seq_batch};
+use crate::batch::pad_id;
 use crate::data::{ChoiceStepData, StepData, StepShape};
 use crate::error::TrainError;
 use crate::losses::{label_smoothed_nll, tfew_loss};
+use crate::parallel::Share;
 
 /// A stage's data and loss.
 #[derive(Clone, Copy)]
@@ -45,6 +46,9 @@ pub(crate) struct MicroBatch<B: Backend> {
     pub ctx: RoutingContext<B>,
     /// Real (non-pad) source + target tokens, for throughput.
     pub tokens: usize,
+    /// This peer's share of the micro-batch's loss (its target tokens, or examples, over the whole
+    /// micro-batch's); `None` for the whole micro-batch.
+    pub share_of_loss: Option<f64>,
     loss: LossKind,
 }
 
@@ -67,7 +71,9 @@ impl Objective<'_> {
         }
     }
 
-    /// Micro-batch `micro` of `step` under `mode` routing.
+    /// `share`'s rows of micro-batch `micro` of `step` under `mode` routing, drawing its random numbers
+    /// from `draw_seed` ([`Draws`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn micro_batch<B: Backend>(
         &self,
         model: &T5ForConditionalGeneration<B>,
@@ -75,30 +81,55 @@ impl Objective<'_> {
         micro: usize,
         label_smoothing: f64,
         mode: RoutingMode,
+        share: Share,
+        draw_seed: u64,
     ) -> Result<MicroBatch<B>, TrainError> {
         match self {
             Self::Tokens(data) => {
-                let (batch, tokens) = seq2seq_batch(model, &data.examples(step, micro))?;
+                let whole = BatchData::collate(&data.examples(step, micro), pad_id(model)?);
+                let rows = share.rows(whole.batch_size);
+                let part = whole.rows(rows.clone());
+                // The whole micro-batch's loss is a mean over its target tokens (over its examples with
+                // label smoothing): a peer's mean counts for its share of them.
+                let share_of_loss = (share.count > 1).then(|| {
+                    if label_smoothing > 0.0 {
+                        rows.len() as f64 / whole.batch_size as f64
+                    } else {
+                        part.label_tokens() as f64 / whole.label_tokens().max(1) as f64
+                    }
+                });
+                let batch = part.to_tensors::<B>(&model.device());
                 Ok(MicroBatch {
                     input_ids: batch.input_ids,
                     attention_mask: batch.attention_mask,
                     labels: batch.labels,
-                    ctx: RoutingContext::new(batch.task_ids, mode),
-                    tokens,
+                    ctx: RoutingContext::new(batch.task_ids, mode).with_draws(Draws::new(
+                        draw_seed,
+                        rows,
+                        whole.batch_size,
+                    )),
+                    tokens: part.tokens(),
+                    share_of_loss,
                     loss: LossKind::Tokens { label_smoothing },
                 })
             }
+            Self::TFew(_) if share.count > 1 => Err(TrainError::Config(
+                "the T-Few objective (multiple-choice few-shot training) runs on one device: pass one device"
+                    .into(),
+            )),
             Self::TFew(data) => {
                 let data = ChoiceBatchData::collate(&data.choices(step, micro), pad_id(model)?);
                 let tokens = data.pairs.tokens();
+                let rows = data.pairs.batch_size;
                 let batch = data.to_tensors::<B>(&model.device());
                 let pairs = batch.pairs;
                 Ok(MicroBatch {
                     input_ids: pairs.input_ids,
                     attention_mask: pairs.attention_mask,
                     labels: pairs.labels,
-                    ctx: RoutingContext::new(pairs.task_ids, mode),
+                    ctx: RoutingContext::new(pairs.task_ids, mode).with_draws(Draws::whole(draw_seed, rows)),
                     tokens,
+                    share_of_loss: None,
                     loss: LossKind::TFew {
                         num_choices: batch.num_choices,
                         gold: batch.gold,

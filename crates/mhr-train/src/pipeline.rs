@@ -18,7 +18,7 @@ use crate::eval::{exact_match_teacher_forced, fraction, rank_classification};
 use crate::methods::{AdapterSizes, attach_pretraining, prepare_adaptation};
 use crate::objective::Objective;
 use crate::sni::score_generations;
-use crate::trainer::{RunOptions, TrainOutcome, train};
+use crate::trainer::{RunOptions, TrainOutcome, train_on};
 
 type Model<B> = T5ForConditionalGeneration<B>;
 
@@ -63,7 +63,7 @@ pub enum StageData<'a> {
     /// Multiple-choice examples in shuffled epochs, under the T-Few loss (T0 few-shot adaptation).
     Choices(&'a [EncodedChoices]),
     /// Examples generated afresh for every micro-batch (an unbounded stream), under the token loss.
-    Stream(&'a dyn Fn(&mut StdRng) -> EncodedExample),
+    Stream(&'a (dyn Fn(&mut StdRng) -> EncodedExample + Sync)),
 }
 
 /// `base` with `method`'s pre-training adapters (routing rows for `n_tasks` tasks, weights drawn from
@@ -101,6 +101,18 @@ pub fn train_stage<B: AutodiffBackend>(
     seeds: StageSeeds,
     options: &RunOptions,
 ) -> Result<(Model<B>, TrainOutcome), TrainError> {
+    train_stage_on(model, data, config, seeds, options, &[])
+}
+
+/// [`train_stage`] data-parallel over `devices` ([`train_on`]).
+pub fn train_stage_on<B: AutodiffBackend>(
+    model: Model<B>,
+    data: StageData<'_>,
+    config: &TrainConfig,
+    seeds: StageSeeds,
+    options: &RunOptions,
+    devices: &[B::Device],
+) -> Result<(Model<B>, TrainOutcome), TrainError> {
     let config = TrainConfig {
         seed: seeds.steps,
         ..config.clone()
@@ -108,15 +120,15 @@ pub fn train_stage<B: AutodiffBackend>(
     match data {
         StageData::Tokens(examples) => {
             let sampler = ShuffledEpochs::new(examples, &config, seeds.batches);
-            train(model, &sampler, &config, options)
+            train_on(model, &sampler, &config, options, devices)
         }
         StageData::Choices(examples) => {
             let sampler = ShuffledEpochs::new(examples, &config, seeds.batches);
-            train(model, Objective::TFew(&sampler), &config, options)
+            train_on(model, Objective::TFew(&sampler), &config, options, devices)
         }
         StageData::Stream(generate) => {
             let sampler = Generated::new(&config, seeds.batches, generate);
-            train(model, &sampler, &config, options)
+            train_on(model, &sampler, &config, options, devices)
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::data::{StepShape, mix};
 use crate::error::TrainError;
 use crate::objective::{MicroLoss, Objective};
 use crate::optim::{OptimConfig, StageOptimizer, TwoSpeedRecord};
+use crate::parallel::{Peer, run_peers, sum_step};
 
 /// What a run reports.
 #[derive(Debug, Clone, Serialize)]
@@ -234,24 +235,82 @@ pub fn train<'a, B: AutodiffBackend>(
 where
     Model<B>: AutodiffModule<B>,
 {
-    let Some(rate) = config.dropout_rate else {
-        return train_steps(model, objective, config, options);
-    };
-    let own_rate = model.config().dropout_rate;
-    let (model, outcome) = train_steps(model.with_dropout_rate(rate)?, objective, config, options)?;
-    Ok((model.with_dropout_rate(own_rate)?, outcome))
+    train_on(model, objective, config, options, &[])
 }
 
-fn train_steps<'a, B: AutodiffBackend>(
+/// [`train`] data-parallel over `devices`, one peer (a thread) per entry; a device named twice runs two
+/// peers on it (CPU peers). The peers split each micro-batch's rows and sum their gradients through Burn's
+/// collective operations ([`burn_collective`]), so the run (losses, clipping, checkpoints, resume)
+/// equals one device with the whole batch up to the order of float sums; rank 0 writes the run directory.
+/// An interrupt takes effect once the step under way is done. No device, or one: [`train`] on the
+/// model's device, or that one.
+pub fn train_on<'a, B: AutodiffBackend>(
     model: Model<B>,
     objective: impl Into<Objective<'a>>,
     config: &TrainConfig,
     options: &RunOptions,
+    devices: &[B::Device],
 ) -> Result<(Model<B>, TrainOutcome), TrainError>
 where
     Model<B>: AutodiffModule<B>,
 {
     let objective = objective.into();
+    let own_rate = model.config().dropout_rate;
+    let model = match config.dropout_rate {
+        Some(rate) => model.with_dropout_rate(rate)?,
+        None => model,
+    };
+    let (model, outcome) = match devices {
+        [] => {
+            let device = model.device();
+            train_steps(model, objective, config, options, &Peer::alone(&device))?
+        }
+        [device] => train_steps(
+            model.fork(device),
+            objective,
+            config,
+            options,
+            &Peer::alone(device),
+        )?,
+        _ => {
+            if StepShape::of(config).batch_size < devices.len() {
+                return Err(TrainError::Config(format!(
+                    "batch_size = {} cannot be split over {} data-parallel peers: give each at least one example",
+                    config.batch_size,
+                    devices.len()
+                )));
+            }
+            let models: Vec<_> = devices
+                .iter()
+                .map(|device| std::sync::Mutex::new(Some(model.clone().fork(device))))
+                .collect();
+            drop(model);
+            run_peers::<B::InnerBackend, _, _>(devices, |peer| {
+                let model = models[peer.share.rank]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .ok_or_else(|| TrainError::Config("a data-parallel peer started twice".into()))?;
+                train_steps(model, objective, config, options, &peer)
+            })?
+        }
+    };
+    match config.dropout_rate {
+        Some(_) => Ok((model.with_dropout_rate(own_rate)?, outcome)),
+        None => Ok((model, outcome)),
+    }
+}
+
+fn train_steps<B: AutodiffBackend>(
+    model: Model<B>,
+    objective: Objective<'_>,
+    config: &TrainConfig,
+    options: &RunOptions,
+    peer: &Peer<B::InnerBackend>,
+) -> Result<(Model<B>, TrainOutcome), TrainError>
+where
+    Model<B>: AutodiffModule<B>,
+{
     if objective.shape() != StepShape::of(config) {
         return Err(TrainError::Config(format!(
             "the data's steps are {:?}, but batch_size = {} and grad_accumulation = {}: build the sampler from \
@@ -261,14 +320,18 @@ where
             config.grad_accumulation
         )));
     }
-    let (run, label) = (options.dir, options.label);
+    let share = peer.share;
+    let alone = share.count == 1;
+    // Every peer resumes from the run directory; only rank 0 writes to it.
+    let (run, label) = (options.dir, if share.writes() { options.label } else { "" });
+    let writes = run.filter(|_| share.writes());
     let end = options.stop_after.map_or(config.steps, |s| s.min(config.steps));
     let device = model.device();
-    if let Some(run) = run {
+    if let Some(run) = writes {
         std::fs::create_dir_all(&run.path).map_err(TrainError::io(&run.path))?;
     }
     let (mut model, mut optim, start) = resume(run, model, &config.optim, &device)?;
-    if let Some(run) = run {
+    if let Some(run) = writes {
         run.truncate_metrics(start)?;
     }
     let mode = if config.sampled_routing {
@@ -282,9 +345,10 @@ where
     let mut last_saved = (start > 0).then_some(start);
     let mut steps_done = end;
     let mut interrupted = false;
+    let raised = || options.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
     for step in start..end {
-        if options.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
-            if let Some(run) = run
+        if alone && raised() {
+            if let Some(run) = writes
                 && last_saved != Some(step)
             {
                 save_checkpoint(run, step, &model, &optim)?;
@@ -293,20 +357,32 @@ where
             (steps_done, interrupted) = (step, true);
             break;
         }
-        // Per-step seed: the routing noise of a step does not depend on where the run was resumed.
+        // Per-step seed: the routing noise and dropout of a step do not depend on where the run was resumed.
         let step_seed = mix(config.seed, step as u64);
-        B::seed(&device, step_seed);
         let mut accumulator = GradientsAccumulator::<Model<B>>::new();
         let mut step_loss = 0.0;
         // The objective's named loss terms, summed over the micro-batches like `step_loss`.
         let mut step_terms = BTreeMap::<&str, f64>::new();
         let micro_batches = config.grad_accumulation.max(1) as f64;
         for micro in 0..config.grad_accumulation.max(1) {
-            let batch = objective.micro_batch(&model, step, micro, config.label_smoothing, mode)?;
+            // The micro-batch's draws, and each checkpointed segment's, from the step's seed and the micro-batch.
+            let micro_seed = mix(step_seed, micro as u64);
+            let batch = objective.micro_batch(
+                &model,
+                step,
+                micro,
+                config.label_smoothing,
+                mode,
+                share,
+                micro_seed,
+            )?;
             tokens += batch.tokens;
+            let scale = |loss: Tensor<B, 1>| match batch.share_of_loss {
+                Some(share) => loss * share / micro_batches,
+                None => loss / micro_batches,
+            };
             let (micro_loss, grads) = if config.checkpoint_activations {
-                // Each segment's draws from the step's seed, the micro-batch and the segment.
-                let seeds = |segment| mix(mix(step_seed, micro as u64), segment as u64);
+                let seeds = |segment| mix(micro_seed, segment as u64);
                 let (loss, terms, grads) = model.checkpointed_gradients(
                     batch.input_ids.clone(),
                     batch.attention_mask.clone(),
@@ -315,7 +391,7 @@ where
                     seeds,
                     |out| {
                         let micro_loss = batch.loss(out)?;
-                        Ok::<_, TrainError>((micro_loss.loss / micro_batches, micro_loss.terms))
+                        Ok::<_, TrainError>((scale(micro_loss.loss), micro_loss.terms))
                     },
                 )?;
                 (MicroLoss { loss, terms }, Some(grads))
@@ -327,11 +403,11 @@ where
                     &batch.ctx,
                 )?;
                 let micro_loss = batch.loss(out)?;
-                let loss = micro_loss.loss / micro_batches;
+                let loss = scale(micro_loss.loss);
                 (MicroLoss { loss, ..micro_loss }, None)
             };
             let value: f64 = micro_loss.loss.clone().into_scalar().elem();
-            if !value.is_finite() {
+            if alone && !value.is_finite() {
                 return Err(TrainError::NonFiniteLoss { step, loss: value });
             }
             step_loss += value;
@@ -342,11 +418,25 @@ where
                 grads.unwrap_or_else(|| GradientsParams::from_grads(micro_loss.loss.backward(), &model));
             accumulator.accumulate(&model, grads);
         }
-        let (updated, grad_norm) = optim.step(
-            config.schedule.factor(step, config.steps),
-            model,
-            accumulator.grads(),
-        );
+        // Peers sum their gradients, losses and interrupt flags; alone, this is the identity.
+        let values: Vec<f64> = [step_loss]
+            .into_iter()
+            .chain(step_terms.values().copied())
+            .chain([f64::from(u8::from(!alone && raised()))])
+            .collect();
+        let (grads, sums) = sum_step(peer, &model, accumulator.grads(), &values)?;
+        step_loss = sums[0];
+        for (term, sum) in step_terms.values_mut().zip(&sums[1..]) {
+            *term = *sum;
+        }
+        if !alone && !step_loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                step,
+                loss: step_loss,
+            });
+        }
+        let stop_now = sums.last().is_some_and(|&flags| flags > 0.0);
+        let (updated, grad_norm) = optim.step(config.schedule.factor(step, config.steps), model, grads);
         model = updated;
         let done = step + 1;
         progress.update(
@@ -356,7 +446,7 @@ where
         );
         if done.is_multiple_of(config.log_every.max(1)) || done == end {
             losses.push((done, step_loss));
-            if let Some(run) = run {
+            if let Some(run) = writes {
                 let mut line = serde_json::json!({
                     "stage": label, "step": done, "loss": step_loss, "grad_norm": grad_norm,
                     "lr_factor": config.schedule.factor(step, config.steps),
@@ -371,12 +461,17 @@ where
                 run.log(&line)?;
             }
         }
-        if let Some(run) = run {
+        if let Some(run) = writes {
             let periodic = config.checkpoint_every > 0 && done.is_multiple_of(config.checkpoint_every);
-            if periodic || done == end {
+            if periodic || done == end || stop_now {
                 save_checkpoint(run, done, &model, &optim)?;
                 last_saved = Some(done);
             }
+        }
+        if stop_now && done < end {
+            progress.interrupted(done);
+            (steps_done, interrupted) = (done, true);
+            break;
         }
     }
     progress.finish();

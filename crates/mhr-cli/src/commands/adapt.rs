@@ -22,7 +22,7 @@ use crate::commands::run_dir::{
     ADAPT_CONFIG, ADAPTER_DIR, AdaptSettings, Run, RunKind, absolute, check_model_dir, parse_method,
     peft_adapter, read_toml, train_in_run, write_toml,
 };
-use crate::device::{BackendTask, DeviceSpec, ensure_compiled, ensure_precision, with_backend};
+use crate::device::{BackendTask, DeviceSpec, Devices, ensure_compiled, ensure_precision, with_backend};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -83,6 +83,10 @@ pub struct Args {
     /// Backend and device: cpu, ndarray, flex, wgpu[:N] or cuda[:N] (as compiled in).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Data-parallel peers instead of one device: cpu:N (N peers on the CPU) or a GPU list such as
+    /// cuda:0,cuda:1; each takes its share of every batch, and the run equals one device with the whole batch.
+    #[arg(long, value_name = "LIST", conflicts_with = "device")]
+    pub devices: Option<Devices>,
 }
 
 impl Args {
@@ -143,6 +147,7 @@ struct AdaptTask {
     data: AdaptData,
     task_id: usize,
     stop_after: Option<usize>,
+    devices: Devices,
 }
 
 impl BackendTask for AdaptTask {
@@ -159,8 +164,17 @@ impl BackendTask for AdaptTask {
         };
         let seeds = adapt.stage_seeds(self.task_id);
         let (dir, stop_after) = (&self.run.dir, self.stop_after);
-        if let Some(model) = train_in_run(model, data, &adapt.train, seeds, dir, stop_after, "adapt")?
-            && let Some(adapter) = peft_adapter(&model, &self.run.tasks, &self.run.settings.model)?
+        let devices = self.devices.of::<B>(&device);
+        if let Some(model) = train_in_run(
+            model,
+            data,
+            &adapt.train,
+            seeds,
+            dir,
+            stop_after,
+            "adapt",
+            &devices,
+        )? && let Some(adapter) = peft_adapter(&model, &self.run.tasks, &self.run.settings.model)?
         {
             adapter.save(self.run.dir.join(ADAPTER_DIR))?;
         }
@@ -169,7 +183,8 @@ impl BackendTask for AdaptTask {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    ensure_compiled(args.device)?;
+    let devices = args.devices.clone().unwrap_or_else(|| Devices::one(args.device));
+    ensure_compiled(devices.spec)?;
     let config_path = args.out.join(ADAPT_CONFIG);
     let adapt = if args.resume {
         if !config_path.is_file() {
@@ -213,7 +228,7 @@ pub fn run(args: Args) -> Result<()> {
     // An unknown T0 dataset is named as such before any routing-row check.
     adapt.t0_dataset()?;
     let task_id = adapt.task_id(&pretrained, method)?;
-    ensure_precision(args.device, adapt.precision_over(&pretrained.settings))?;
+    ensure_precision(devices.spec, adapt.precision_over(&pretrained.settings))?;
     let model_config = check_model_dir(&pretrained.settings.model)?;
     let encoder = adapt.encoder(&pretrained.settings, &model_config)?;
     let split = adapt.split(&pretrained.settings)?;
@@ -233,7 +248,7 @@ pub fn run(args: Args) -> Result<()> {
         tasks: pretrained.tasks.clone(),
         kind: RunKind::Adapt(Box::new(adapt), Box::new(pretrained)),
     };
-    let spec = args.device;
+    let spec = devices.spec;
     catch_panics(&format!("adapting on `{spec}`"), || {
         with_backend(
             spec,
@@ -242,6 +257,7 @@ pub fn run(args: Args) -> Result<()> {
                 data,
                 task_id,
                 stop_after: args.stop_after,
+                devices,
             },
         )
     })

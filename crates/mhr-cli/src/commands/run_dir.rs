@@ -27,7 +27,7 @@ use mhr_data::{
 use mhr_models::{CONFIG_FILE, ModelError, Precision, T5Config, T5ForConditionalGeneration, has_weights};
 use mhr_train::TrainConfig;
 use mhr_train::methods::AdapterSizes;
-use mhr_train::pipeline::{StageData, StageSeeds, adaptation_model, pretraining_model, train_stage};
+use mhr_train::pipeline::{StageData, StageSeeds, adaptation_model, pretraining_model, train_stage_on};
 use mhr_train::sni::load_tokenizer;
 use mhr_train::trainer::{RunDir, RunOptions, load_latest};
 use serde::{Deserialize, Serialize};
@@ -414,9 +414,10 @@ impl Run {
     }
 }
 
-/// Trains `model` on `data` with its checkpoints and metrics in the run folder `dir`; `Some` model once all
-/// `config.steps` are done, `None` when `stop_after` ended it early. Ctrl-C checkpoints the steps done and
-/// stops with a hint to resume (a second one exits at once).
+/// Trains `model` on `data` (data-parallel when `devices` names several) with its checkpoints and metrics
+/// in the run folder `dir`; `Some` model once all `config.steps` are done, `None` when `stop_after` ended it
+/// early. Ctrl-C checkpoints the steps done and stops with a hint to resume (a second one exits at once).
+#[allow(clippy::too_many_arguments)]
 pub fn train_in_run<B: AutodiffBackend>(
     model: Model<B>,
     data: StageData<'_>,
@@ -425,6 +426,7 @@ pub fn train_in_run<B: AutodiffBackend>(
     dir: &Path,
     stop_after: Option<usize>,
     label: &str,
+    devices: &[B::Device],
 ) -> Result<Option<Model<B>>> {
     let interrupt = mhr_train::interrupt::sigint_flag()?;
     let run = RunDir::new(dir);
@@ -434,7 +436,7 @@ pub fn train_in_run<B: AutodiffBackend>(
         label,
         interrupt: Some(&interrupt),
     };
-    let (model, outcome) = train_stage(model, data, config, seeds, &options)?;
+    let (model, outcome) = train_stage_on(model, data, config, seeds, &options, devices)?;
     if outcome.interrupted {
         bail!(
             "interrupted after step {} of {}; its checkpoint is written, continue with --resume",

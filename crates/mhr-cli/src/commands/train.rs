@@ -20,7 +20,7 @@ use crate::commands::run_dir::{
     ADAPTER_DIR, TRAIN_CONFIG, TrainSettings, absolute, check_model_dir, peft_adapter, read_toml,
     train_in_run, write_toml,
 };
-use crate::device::{BackendTask, DeviceSpec, ensure_compiled, ensure_precision, with_backend};
+use crate::device::{BackendTask, DeviceSpec, Devices, ensure_compiled, ensure_precision, with_backend};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -77,6 +77,10 @@ pub struct Args {
     /// Backend and device: cpu, ndarray, flex, wgpu[:N] or cuda[:N] (as compiled in).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Data-parallel peers instead of one device: cpu:N (N peers on the CPU) or a GPU list such as
+    /// cuda:0,cuda:1; each takes its share of every batch, and the run equals one device with the whole batch.
+    #[arg(long, value_name = "LIST", conflicts_with = "device")]
+    pub devices: Option<Devices>,
 }
 
 impl Args {
@@ -186,6 +190,7 @@ struct TrainTask {
     examples: Vec<EncodedExample>,
     out: PathBuf,
     stop_after: Option<usize>,
+    devices: Devices,
 }
 
 impl BackendTask for TrainTask {
@@ -195,11 +200,20 @@ impl BackendTask for TrainTask {
         let model = self
             .settings
             .skeleton::<B>(self.method, self.tasks.len(), &device)?;
+        let devices = self.devices.of::<B>(&device);
         let data = StageData::Tokens(&self.examples);
         let seeds = self.settings.stage_seeds();
         let config = &self.settings.train;
-        if let Some(model) = train_in_run(model, data, config, seeds, &self.out, self.stop_after, "train")?
-            && let Some(adapter) = peft_adapter(&model, &self.tasks, &self.settings.model)?
+        if let Some(model) = train_in_run(
+            model,
+            data,
+            config,
+            seeds,
+            &self.out,
+            self.stop_after,
+            "train",
+            &devices,
+        )? && let Some(adapter) = peft_adapter(&model, &self.tasks, &self.settings.model)?
         {
             adapter.save(self.out.join(ADAPTER_DIR))?;
         }
@@ -208,7 +222,8 @@ impl BackendTask for TrainTask {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    ensure_compiled(args.device)?;
+    let devices = args.devices.clone().unwrap_or_else(|| Devices::one(args.device));
+    ensure_compiled(devices.spec)?;
     let config_path = args.out.join(TRAIN_CONFIG);
     let (settings, origin) = if args.resume {
         if !config_path.is_file() {
@@ -240,7 +255,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(rate) = train.dropout_rate {
         check_dropout_rate(rate).map_err(|e| anyhow!("{}: train.dropout_rate {e}", origin.display()))?;
     }
-    ensure_precision(args.device, settings.precision)?;
+    ensure_precision(devices.spec, settings.precision)?;
     let model_config = check_model_dir(&settings.model)?;
     let encoder = settings.encoder(&model_config)?;
     let sni = SniDir::open(&settings.sni)?;
@@ -294,7 +309,7 @@ pub fn run(args: Args) -> Result<()> {
         write_toml(&config_path, &settings)?;
         tasks.save(&tasks_path)?;
     }
-    let spec = args.device;
+    let spec = devices.spec;
     catch_panics(&format!("training on `{spec}`"), || {
         with_backend(
             spec,
@@ -305,6 +320,7 @@ pub fn run(args: Args) -> Result<()> {
                 examples,
                 out: args.out.clone(),
                 stop_after: args.stop_after,
+                devices,
             },
         )
     })

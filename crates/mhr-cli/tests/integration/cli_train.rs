@@ -470,6 +470,71 @@ fn checkpointed_run_resumes_exactly_and_adaptation_inherits_it() {
     assert!(!settings("off").contains("checkpoint_activations"));
 }
 
+#[test]
+fn data_parallel_runs_equal_one_device() {
+    let setup = Setup::new();
+    // At this test's usual 0.02, Adam magnifies the rounding of split sums past 1e-5 (docs/distributed.md).
+    let lr = ["--lr", "0.001"];
+    assert_success(&setup.train("mhr", "pre", &lr));
+    // Two CPU peers, stopped after a step and resumed on three.
+    assert_success(&setup.train(
+        "mhr",
+        "peers",
+        &[&lr[..], &["--devices", "cpu:2", "--stop-after", "1"]].concat(),
+    ));
+    assert_success(&mhr([
+        "train",
+        "--resume",
+        "--devices",
+        "cpu:3",
+        "--out",
+        s(&setup.path("peers")),
+    ]));
+    assert_close_adapters(&setup, "pre", "peers");
+    assert_success(&adapt(&setup, "z", &["--method", "mhr-z", "--steps", "2"]));
+    assert_success(&adapt(
+        &setup,
+        "z-peers",
+        &["--method", "mhr-z", "--steps", "2", "--devices", "cpu:2"],
+    ));
+    assert_close_adapters(&setup, "z", "z-peers");
+    // Peers need examples; --device and --devices exclude each other; a list names one backend.
+    let refused = setup.train("mhr", "many", &["--devices", "cpu:5"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("batch_size = 4 cannot be split over 5 data-parallel peers"));
+    let both = setup.train("mhr", "both", &["--devices", "cpu:2", "--device", "cpu"]);
+    assert!(!both.status.success());
+    let mixed = setup.train("mhr", "mixed", &["--devices", "cuda:0,wgpu:1"]);
+    assert!(
+        stderr(&mixed).contains("invalid --devices `cuda:0,wgpu:1`"),
+        "{}",
+        stderr(&mixed)
+    );
+}
+
+/// The adapters of runs `a` and `b` agree to 1e-5 (relative, per tensor).
+fn assert_close_adapters(setup: &Setup, a: &str, b: &str) {
+    let (a_tensors, b_tensors) = (
+        peft_tensors(&setup.path(a).join("adapter")),
+        peft_tensors(&setup.path(b).join("adapter")),
+    );
+    assert_eq!(
+        a_tensors.keys().collect::<Vec<_>>(),
+        b_tensors.keys().collect::<Vec<_>>()
+    );
+    for (key, x) in &a_tensors {
+        let (x, y) = (x.to_f32(), b_tensors[key].to_f32());
+        let diff: f32 = x.iter().zip(&y).map(|(p, q)| (p - q).powi(2)).sum();
+        let norm: f32 = x.iter().map(|p| p * p).sum();
+        assert!(
+            diff.sqrt() <= 1e-5 * norm.sqrt().max(1e-12),
+            "{a} vs {b}: {key} differs by {} of {}",
+            diff.sqrt(),
+            norm.sqrt()
+        );
+    }
+}
+
 /// An MHR run `pre` with `flags`, whose config.toml then holds `kept`, and a run `parts` with the same flags
 /// stopped after a step and resumed, which must end with `pre`'s weights.
 fn train_and_resume(setup: &Setup, flags: &[&str], kept: &str) {

@@ -8,7 +8,7 @@ use mhr_core::{AdaptedLinear, RoutingContext, to_dtype};
 use crate::config::T5Config;
 use crate::error::ModelError;
 use crate::loader::{Init, WeightSource};
-use crate::t5::SiteFn;
+use crate::t5::{DrawnDropout, SiteFn};
 
 /// T5's bucket of a relative position `key - query`, exactly as transformers'
 /// `T5Attention._relative_position_bucket` computes it (including its float32 logarithm).
@@ -185,7 +185,7 @@ impl<B: Backend> T5Attention<B> {
         let dtype = scores.dtype();
         let weights = self
             .dropout
-            .forward(to_dtype(softmax(to_dtype(scores, DType::F32), 3), dtype));
+            .apply(to_dtype(softmax(to_dtype(scores, DType::F32), 3), dtype), ctx);
         let out = Self::merge_heads(weights.matmul(v));
         debug_assert_eq!(out.dims(), [b, t, self.o.d_in()]);
         self.o.forward(out, ctx)

@@ -6,10 +6,10 @@ use crate::config::{FeedForwardKind, T5Config};
 use crate::error::ModelError;
 use crate::generation::LayerCache;
 use crate::loader::WeightSource;
-use crate::t5::SiteFn;
 use crate::t5::attention::T5Attention;
 use crate::t5::ff::T5LayerFF;
 use crate::t5::layer_norm::T5LayerNorm;
+use crate::t5::{DrawnDropout, SiteFn};
 
 /// HF's `layer.0`: `x + dropout(SelfAttention(layer_norm(x)))`.
 #[derive(Module, Debug)]
@@ -105,14 +105,14 @@ impl<B: Backend> T5Block<B> {
             (k, v) = cross.cache.append_self_attention(k, v);
         }
         let attended = attention.attend_biased(normed, k, v, self_bias, ctx);
-        let mut x = x + self.self_attention.dropout.forward(attended);
+        let mut x = x + self.self_attention.dropout.apply(attended, ctx);
         if let (Some(layer), Some(cross)) = (&self.cross_attention, cross) {
             let normed = layer.layer_norm.forward(x.clone());
             let (k, v) = cross
                 .cache
                 .cross_attention(|| layer.attention.project_kv(cross.encoder_hidden.clone(), ctx));
             let attended = layer.attention.attend_biased(normed, k, v, cross.bias, ctx);
-            x = x + layer.dropout.forward(attended);
+            x = x + layer.dropout.apply(attended, ctx);
         }
         self.ff.forward(x, ctx)
     }

@@ -11,7 +11,7 @@
 //!
 //! Gradients equal the unsplit step's (a parameter used by one segment gets exactly its ops; one shared by
 //! several, such as routers shared across layers, sums its parts in another order). Every segment draws its
-//! random numbers (dropout, relaxed-Bernoulli routing noise) after `B::seed(seeds(k))` in both passes, so the
+//! random numbers (dropout, relaxed-Bernoulli routing noise) from `seeds(k)` in both passes, so the
 //! recomputation sees the same masks; those streams differ from an unsplit step's.
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -28,7 +28,8 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
     /// One teacher-forced training pass with activation checkpointing (see the module docs): the loss that
     /// `loss` makes of the model's output, what else it returns, and the gradients of that loss.
     ///
-    /// Segment `k` (encoder blocks first, the head last) draws its random numbers after `B::seed(seeds(k))`.
+    /// Segment `k` (encoder blocks first, the head last) draws its random numbers from `seeds(k)`: the context's
+    /// [`mhr_core::Draws`] restarted there, or `B::seed` when it has none.
     ///
     /// # Shapes
     /// - `input_ids`, `attention_mask`: `[b, s]`
@@ -48,7 +49,10 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
         let t = labels.dims()[1];
         let decoder_ids = self.shift_right(labels.clone());
         let device = input_ids.device();
-        let seed = |k: usize| B::seed(&device, seeds(k));
+        let seed = |k: usize| match ctx.draws() {
+            Some(draws) => draws.restart(seeds(k)),
+            None => B::seed(&device, seeds(k)),
+        };
         let (n_enc, n_dec) = (self.encoder.block.len(), self.decoder.block.len());
         // Segment numbers: encoder blocks, the encoder's final norm, decoder blocks, the head.
         let (enc_final, dec_first, head) = (n_enc, n_enc + 1, n_enc + 1 + n_dec);
@@ -59,7 +63,7 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
             let ctx = frozen.with_routers(ctx);
             let bias = frozen.encoder.encoder_bias(s, mask_bias.as_ref());
             seed(0);
-            let mut x = frozen.encoder.start(frozen.embed(input_ids.clone()));
+            let mut x = frozen.encoder.start(frozen.embed(input_ids.clone()), &ctx);
             // The inputs of blocks 1..; block 0's is recomputed from the tokens (the embeddings may train).
             let mut inputs = Vec::with_capacity(n_enc);
             for (i, block) in frozen.encoder.block.iter().enumerate() {
@@ -72,12 +76,12 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
             (inputs, x)
         };
         seed(enc_final);
-        let encoder_hidden = frozen.encoder.finish(enc_last.clone());
+        let encoder_hidden = frozen.encoder.finish(enc_last.clone(), ctx);
         let cross_bias = self.decoder.cross_bias(mask_bias.as_ref(), t);
         let (dec_inputs, dec_last) = {
             let ctx = frozen.with_routers(ctx);
             seed(dec_first);
-            let mut x = frozen.decoder.start(frozen.embed(decoder_ids.clone()));
+            let mut x = frozen.decoder.start(frozen.embed(decoder_ids.clone()), &ctx);
             let bias = frozen.decoder.decoder_bias(0, t, &x);
             let mut inputs = Vec::with_capacity(n_dec);
             for (j, block) in frozen.decoder.block.iter().enumerate() {
@@ -100,7 +104,7 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
         let mut accumulator = GradientsAccumulator::<Self>::new();
         seed(head);
         let input = dec_last.require_grad();
-        let logits = self.lm_logits(self.decoder.finish(input.clone()));
+        let logits = self.lm_logits(self.decoder.finish(input.clone(), ctx));
         let (token_loss, label_loglik_sum) = label_scores(logits.clone(), labels);
         let output = Seq2SeqLmOutput {
             logits,
@@ -117,7 +121,7 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
             seed(dec_first + j);
             let hidden = encoder_hidden.clone().require_grad();
             let input = match j {
-                0 => self.decoder.start(self.embed(decoder_ids.clone())),
+                0 => self.decoder.start(self.embed(decoder_ids.clone()), ctx),
                 _ => dec_inputs[j - 1].clone().require_grad(),
             };
             let bias = self.decoder.decoder_bias(0, t, &input);
@@ -135,12 +139,12 @@ impl<B: AutodiffBackend> T5ForConditionalGeneration<B> {
 
         seed(enc_final);
         let input = enc_last.require_grad();
-        let output = self.encoder.finish(input.clone());
+        let output = self.encoder.finish(input.clone(), ctx);
         let [mut grad] = self.backward_segment(&mut accumulator, pulled_back(output, encoder_grad), [&input]);
         for i in (0..n_enc).rev() {
             seed(i);
             let input = match i {
-                0 => self.encoder.start(self.embed(input_ids.clone())),
+                0 => self.encoder.start(self.embed(input_ids.clone()), ctx),
                 _ => enc_inputs[i - 1].clone().require_grad(),
             };
             // Built in every segment: a tensor of one segment's graph is spent by its backward.

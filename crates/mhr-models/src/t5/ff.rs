@@ -7,8 +7,8 @@ use mhr_core::{AdaptedLinear, RoutingContext, to_dtype};
 use crate::config::{Activation, FeedForwardKind, T5Config};
 use crate::error::ModelError;
 use crate::loader::WeightSource;
-use crate::t5::SiteFn;
 use crate::t5::layer_norm::T5LayerNorm;
+use crate::t5::{DrawnDropout, SiteFn};
 
 fn activate<B: Backend>(activation: Activation, x: Tensor<B, 3>) -> Tensor<B, 3> {
     match activation {
@@ -109,11 +109,11 @@ impl<B: Backend> T5DenseReluDense<B> {
         match self {
             Self::Act(m) => {
                 let hidden = activate(m.activation, m.wi.forward(x, ctx));
-                m.wo.forward(m.dropout.forward(hidden), ctx)
+                m.wo.forward(m.dropout.apply(hidden, ctx), ctx)
             }
             Self::Gated(m) => {
                 let gate = activate(m.activation, m.wi_0.forward(x.clone(), ctx));
-                m.wo.forward(m.dropout.forward(gate * m.wi_1.forward(x, ctx)), ctx)
+                m.wo.forward(m.dropout.apply(gate * m.wi_1.forward(x, ctx), ctx), ctx)
             }
         }
     }
@@ -166,7 +166,7 @@ impl<B: Backend> T5LayerFF<B> {
         let transformed = self
             .dense_relu_dense
             .forward(self.layer_norm.forward(x.clone()), ctx);
-        x + self.dropout.forward(transformed)
+        x + self.dropout.apply(transformed, ctx)
     }
 
     /// Both dropout sites (hidden layer, output) at `dropout`'s rate.

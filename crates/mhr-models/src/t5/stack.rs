@@ -6,10 +6,10 @@ use crate::config::{FeedForwardKind, T5Config};
 use crate::error::ModelError;
 use crate::generation::DecoderCache;
 use crate::loader::WeightSource;
-use crate::t5::SiteFn;
 use crate::t5::attention::{add_bias, spread_mask};
 use crate::t5::block::{CrossInput, T5Block};
 use crate::t5::layer_norm::T5LayerNorm;
+use crate::t5::{DrawnDropout, SiteFn};
 
 /// Added to attention scores that must be ignored; finite, so a fully masked row stays a number.
 pub(crate) const MASKED: f32 = -1e9;
@@ -98,10 +98,10 @@ impl<B: Backend> T5Stack<B> {
         ctx: &RoutingContext<B>,
     ) -> Tensor<B, 3> {
         let bias = self.encoder_bias(x.dims()[1], mask_bias);
-        let x = self.block.iter().fold(self.dropout.forward(x), |x, block| {
+        let x = self.block.iter().fold(self.start(x, ctx), |x, block| {
             block.forward(x, bias.as_ref(), None, ctx)
         });
-        self.finish(x)
+        self.finish(x, ctx)
     }
 
     /// The encoder's self-attention bias, built once for all blocks: `[1, heads, s, s]` without padding, else
@@ -116,13 +116,13 @@ impl<B: Backend> T5Stack<B> {
     }
 
     /// The dropout on the embedded tokens that enter the stack.
-    pub(crate) fn start(&self, embedded: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dropout.forward(embedded)
+    pub(crate) fn start(&self, embedded: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
+        self.dropout.apply(embedded, ctx)
     }
 
     /// The final layer norm and dropout after the last block.
-    pub(crate) fn finish(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dropout.forward(self.final_layer_norm.forward(x))
+    pub(crate) fn finish(&self, x: Tensor<B, 3>, ctx: &RoutingContext<B>) -> Tensor<B, 3> {
+        self.dropout.apply(self.final_layer_norm.forward(x), ctx)
     }
 
     /// Decoder over the positions `cache.len()..cache.len() + t` of `x: [b, t, d_model]`, attending causally to
@@ -144,7 +144,7 @@ impl<B: Backend> T5Stack<B> {
             .block
             .iter()
             .zip(layers)
-            .fold(self.start(x), |x, (block, layer_cache)| {
+            .fold(self.start(x, ctx), |x, (block, layer_cache)| {
                 let cross = CrossInput {
                     encoder_hidden,
                     bias: cross_bias.as_ref(),
@@ -153,7 +153,7 @@ impl<B: Backend> T5Stack<B> {
                 block.forward(x, bias.as_ref(), Some(cross), ctx)
             });
         cache.advance(t);
-        self.finish(x)
+        self.finish(x, ctx)
     }
 
     /// The decoder's self-attention bias for the positions `start..start + t` (of `x`'s dtype and device):

@@ -27,9 +27,9 @@ use mhr_train::trainer::{RunDir, RunOptions, resume, train};
 type A = Autodiff<NdArray>;
 
 /// Burn's backend RNG is process-global: tests that seed it and compare runs must not interleave.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn tiny_model<B: Backend>() -> T5ForConditionalGeneration<B> {
+pub(crate) fn tiny_model<B: Backend>() -> T5ForConditionalGeneration<B> {
     let config: T5Config = serde_json::from_value(serde_json::json!({
         "vocab_size": 24, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_decoder_layers": 2,
         "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
@@ -42,7 +42,7 @@ fn tiny_model<B: Backend>() -> T5ForConditionalGeneration<B> {
 }
 
 /// Four tasks over token strings: copy, reverse, and each shifted by one.
-fn examples() -> Vec<EncodedExample> {
+pub(crate) fn examples() -> Vec<EncodedExample> {
     (0..48)
         .map(|i| {
             let task = i % 4;
@@ -66,7 +66,7 @@ fn examples() -> Vec<EncodedExample> {
         .collect()
 }
 
-fn config(steps: usize) -> TrainConfig {
+pub(crate) fn config(steps: usize) -> TrainConfig {
     TrainConfig {
         steps,
         batch_size: 8,
@@ -96,7 +96,7 @@ fn adapted(method: Method) -> T5ForConditionalGeneration<A> {
 }
 
 /// The tiny model with `method`'s adapters (f32) on its base in `precision`.
-fn adapted_on<B: Backend>(method: Method, precision: Precision) -> T5ForConditionalGeneration<B> {
+pub(crate) fn adapted_on<B: Backend>(method: Method, precision: Precision) -> T5ForConditionalGeneration<B> {
     let all = TargetModules::Names(
         ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
             .map(String::from)
