@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
-use mhr_cli::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
+use mhr_cli::device::{BackendTask, DeviceSpec, Devices, ensure_compiled, with_backend};
 use mhr_models::Precision;
 use mhr_models::hub::Hub;
 use mhr_presets::sni::{self, SniSettings};
@@ -56,6 +56,10 @@ struct ReproduceArgs {
     out: PathBuf,
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+    /// Data-parallel peers for every stage's training instead of one device: cpu:N or a GPU list such as
+    /// cuda:0,cuda:1 (docs/distributed.md); models are built and evaluated on the first.
+    #[arg(long, value_name = "LIST", conflicts_with = "device")]
+    devices: Option<Devices>,
     /// A JSON file overriding preset settings (e.g. {"seeds": [0, 1], "methods": ["lora", "mhr"]}).
     #[arg(long)]
     settings: Option<PathBuf>,
@@ -95,6 +99,7 @@ struct ReproduceArgs {
 struct Sni {
     settings: SniSettings,
     out: PathBuf,
+    devices: Devices,
 }
 
 impl BackendTask for Sni {
@@ -105,7 +110,7 @@ impl BackendTask for Sni {
             self.settings.preset,
             self.out.display()
         );
-        sni::run::<B>(&self.settings, &self.out, &device)?;
+        sni::run::<B>(&self.settings, &self.out, &self.devices.of::<B>(&device))?;
         Ok(())
     }
 }
@@ -113,13 +118,14 @@ impl BackendTask for Sni {
 struct PaperT0 {
     settings: T0Settings,
     out: PathBuf,
+    devices: Devices,
 }
 
 impl BackendTask for PaperT0 {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<()> {
         eprintln!("paper-t0 preset on {spec}, writing to {}", self.out.display());
-        t0::run::<B>(&self.settings, &self.out, &device)?;
+        t0::run::<B>(&self.settings, &self.out, &self.devices.of::<B>(&device))?;
         Ok(())
     }
 }
@@ -127,13 +133,18 @@ impl BackendTask for PaperT0 {
 struct Synthetic {
     settings: SyntheticSettings,
     out: PathBuf,
+    devices: Devices,
 }
 
 impl BackendTask for Synthetic {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<()> {
         eprintln!("synthetic preset on {spec}, writing to {}", self.out.display());
-        print_report(&synthetic::run::<B>(&self.settings, &self.out, &device)?);
+        print_report(&synthetic::run::<B>(
+            &self.settings,
+            &self.out,
+            &self.devices.of::<B>(&device),
+        )?);
         Ok(())
     }
 }
@@ -142,6 +153,7 @@ impl BackendTask for Synthetic {
 struct SyntheticBase {
     settings: SyntheticSettings,
     out: PathBuf,
+    devices: Devices,
 }
 
 impl BackendTask for SyntheticBase {
@@ -149,7 +161,10 @@ impl BackendTask for SyntheticBase {
     type Output = BTreeMap<String, f64>;
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<Self::Output> {
         eprintln!("synthetic preset on {spec}, writing to {}", self.out.display());
-        Ok(synthetic::prepare::<B>(&self.settings, &self.out, &device)?.skill_exact_match)
+        Ok(
+            synthetic::prepare::<B>(&self.settings, &self.out, &self.devices.of::<B>(&device))?
+                .skill_exact_match,
+        )
     }
 }
 
@@ -157,13 +172,15 @@ impl BackendTask for SyntheticBase {
 struct SyntheticUnit {
     settings: SyntheticSettings,
     out: PathBuf,
+    devices: Devices,
 }
 
 impl BackendTask for SyntheticUnit {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceSpec) -> Result<()> {
-        let base = synthetic::cached_base::<B>(&self.settings, &self.out, &device)?;
-        let outcome = synthetic::run_unit::<B>(&self.settings, &base, &self.out)?;
+        let devices = self.devices.of::<B>(&device);
+        let base = synthetic::cached_base::<B>(&self.settings, &self.out, &devices)?;
+        let outcome = synthetic::run_unit::<B>(&self.settings, &base, &self.out, &devices)?;
         let path = synthetic::unit_outcome_path(&self.out, &self.settings);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -192,14 +209,15 @@ fn print_report(report: &synthetic::SyntheticReport) {
 fn synthetic_in_processes(
     settings: SyntheticSettings,
     out: PathBuf,
-    device: DeviceSpec,
+    devices: Devices,
     jobs: usize,
 ) -> Result<()> {
     let skill_exact_match = with_backend(
-        device,
+        devices.spec,
         SyntheticBase {
             settings: settings.clone(),
             out: out.clone(),
+            devices: devices.clone(),
         },
     )?;
     let units = synthetic::work_units(&settings)?;
@@ -226,8 +244,8 @@ fn synthetic_in_processes(
                     "reproduce",
                     "--preset",
                     "synthetic",
-                    "--device",
-                    &device.to_string(),
+                    "--devices",
+                    &devices.to_string(),
                 ])
                 .arg("--out")
                 .arg(&out)
@@ -372,10 +390,13 @@ fn paper_t0(args: &ReproduceArgs) -> Result<T0Settings> {
     Ok(settings)
 }
 
-fn reproduce(args: ReproduceArgs) -> Result<()> {
+fn reproduce(mut args: ReproduceArgs) -> Result<()> {
+    let devices = args.devices.clone().unwrap_or_else(|| Devices::one(args.device));
+    // Every rule that looks at the backend (paper precision, CPU jobs) sees the peers' backend.
+    args.device = devices.spec;
     ensure_compiled(args.device)?;
     let sni_preset = match args.preset {
-        Preset::Synthetic => return reproduce_synthetic(args),
+        Preset::Synthetic => return reproduce_synthetic(args, devices),
         Preset::PaperT0 => {
             let settings = paper_t0(&args)?;
             return with_backend(
@@ -383,6 +404,7 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
                 PaperT0 {
                     settings,
                     out: args.out,
+                    devices,
                 },
             );
         }
@@ -413,12 +435,13 @@ fn reproduce(args: ReproduceArgs) -> Result<()> {
         Sni {
             settings,
             out: args.out,
+            devices,
         },
     )
 }
 
 /// The synthetic preset: in this process, in `--jobs` worker processes, or as one of those workers.
-fn reproduce_synthetic(args: ReproduceArgs) -> Result<()> {
+fn reproduce_synthetic(args: ReproduceArgs, devices: Devices) -> Result<()> {
     let mut settings = overlay(SyntheticSettings::default(), args.settings.as_ref())?;
     override_runs(
         &args,
@@ -434,6 +457,7 @@ fn reproduce_synthetic(args: ReproduceArgs) -> Result<()> {
             SyntheticUnit {
                 settings,
                 out: args.out,
+                devices,
             },
         );
     }
@@ -444,13 +468,14 @@ fn reproduce_synthetic(args: ReproduceArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = args.jobs.unwrap_or(if on_cpu { cores } else { 1 }).max(1);
     if jobs > 1 {
-        return synthetic_in_processes(settings, args.out, args.device, jobs);
+        return synthetic_in_processes(settings, args.out, devices, jobs);
     }
     with_backend(
         args.device,
         Synthetic {
             settings,
             out: args.out,
+            devices,
         },
     )
 }

@@ -75,7 +75,8 @@ impl DeviceSpec {
 }
 
 /// `--devices`: the peers of a data-parallel run, all on one backend: `cpu:N` (also `flex:N`, `ndarray:N`) for
-/// N peers on the CPU, or a list of GPUs such as `cuda:0,cuda:1` (`wgpu:0,wgpu:1`).
+/// N peers on the CPU, or a list of GPUs such as `cuda:0,cuda:1` (`wgpu:0,wgpu:1`); one device as `--device`
+/// names it is one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Devices {
     /// The backend, and the first peer's device.
@@ -113,6 +114,9 @@ impl FromStr for Devices {
             .split(',')
             .map(|d| d.trim().parse::<DeviceSpec>())
             .collect::<Result<Vec<_>, _>>()?;
+        if let [spec] = specs[..] {
+            return Ok(Self::one(spec));
+        }
         let indices = specs
             .iter()
             .map(|spec| match (spec, specs[0]) {
@@ -131,6 +135,25 @@ impl FromStr for Devices {
             spec: specs[0],
             peers: Peers::Gpus(indices),
         })
+    }
+}
+
+/// As `--devices` takes it.
+impl fmt::Display for Devices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.peers, self.spec) {
+            (Peers::Cpu(1), spec) => write!(f, "{spec}"),
+            (Peers::Cpu(n), spec) => write!(f, "{spec}:{n}"),
+            (Peers::Gpus(indices), spec) => {
+                let backend = if matches!(spec, DeviceSpec::Cuda(_)) {
+                    "cuda"
+                } else {
+                    "wgpu"
+                };
+                let names: Vec<String> = indices.iter().map(|i| format!("{backend}:{i}")).collect();
+                f.write_str(&names.join(","))
+            }
+        }
     }
 }
 

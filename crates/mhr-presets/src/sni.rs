@@ -26,7 +26,7 @@ use mhr_train::TrainError;
 use mhr_train::methods::AdapterSizes;
 use mhr_train::optim::OptimConfig;
 use mhr_train::pipeline::{
-    StageData, StageSeeds, TestSet, adaptation_model, evaluate, pretraining_model, train_stage,
+    StageData, StageSeeds, TestSet, adaptation_model, evaluate, pretraining_model, train_stage_on,
 };
 use mhr_train::results::{ResultRow, Results};
 use mhr_train::schedule::Schedule;
@@ -227,11 +227,12 @@ fn base_model<B: Backend>(
 pub fn run<B: AutodiffBackend>(
     settings: &SniSettings,
     out: &Path,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<Results, TrainError>
 where
     Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
 {
+    let device = crate::home::<B>(devices)?;
     let methods: Vec<Method> = settings
         .methods
         .iter()
@@ -283,7 +284,7 @@ where
             let seeds = StageSeeds::pretraining(seed);
             let model = pretraining_model(base, method, sizes, &targets, index.len(), seeds)?;
             let label = format!("{method} pre-training, seed {seed}");
-            let (pretrained, _) = train_stage(
+            let (pretrained, _) = train_stage_on(
                 model,
                 StageData::Tokens(&train_set),
                 &settings.for_method(&settings.pretraining, method),
@@ -292,6 +293,7 @@ where
                     label: &label,
                     ..Default::default()
                 },
+                devices,
             )?;
             for task in &eval_tasks {
                 let id = index.id(&task.name).unwrap_or_default();
@@ -302,12 +304,13 @@ where
                 let model = adaptation_model(pretrained.clone(), method, sizes, seeds)?;
                 let mut config = settings.for_method(&settings.adaptation, method);
                 config.batch_size = config.batch_size.min(few.len().max(1));
-                let (adapted, _) = train_stage(
+                let (adapted, _) = train_stage_on(
                     model,
                     StageData::Tokens(&few),
                     &config,
                     seeds,
                     &RunOptions::default(),
+                    devices,
                 )?;
                 let test: Vec<Example> = split.test.iter().take(settings.n_test).cloned().collect();
                 let test_set = TestSet::Generations {

@@ -31,7 +31,7 @@ use mhr_train::methods::AdapterSizes;
 use mhr_train::metrics::{mean_std, spearman};
 use mhr_train::optim::OptimConfig;
 use mhr_train::pipeline::{
-    StageData, StageSeeds, TestSet, adaptation_model, evaluate, pretraining_model, train_stage,
+    StageData, StageSeeds, TestSet, adaptation_model, evaluate, pretraining_model, train_stage_on,
 };
 use mhr_train::results::{ResultRow, Results};
 use mhr_train::schedule::Schedule;
@@ -411,8 +411,9 @@ fn record_bytes<B: Backend, M: Module<B>>(model: &M) -> Result<Vec<u8>, TrainErr
 pub fn cached_base<B: AutodiffBackend>(
     settings: &SyntheticSettings,
     cache: &Path,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<Model<B>, TrainError> {
+    let device = crate::home::<B>(devices)?;
     let seed = settings.base_seed;
     let seeds = SeedStreams::of(settings).base_stage();
     let dir = cache.join("base");
@@ -454,12 +455,13 @@ pub fn cached_base<B: AutodiffBackend>(
         label: "stage 1 base",
         ..Default::default()
     };
-    let (model, _) = train_stage(
+    let (model, _) = train_stage_on(
         model,
         StageData::Stream(&generate),
         &config_train,
         seeds,
         &options,
+        devices,
     )?;
     let model = Method::FullFinetune.trainable(Stage::Pretrain).apply(model);
     let frozen = mhr_core::TrainableSet {
@@ -758,7 +760,7 @@ pub struct Base<B: Backend> {
 pub fn prepare<B: AutodiffBackend>(
     settings: &SyntheticSettings,
     out: &Path,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<Base<B>, TrainError>
 where
     Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
@@ -767,7 +769,7 @@ where
     std::fs::create_dir_all(out).map_err(TrainError::io(out))?;
     write_json(&out.join("settings.json"), settings)?;
     let clock = Instant::now();
-    let base = cached_base::<B>(settings, out, device)?;
+    let base = cached_base::<B>(settings, out, devices)?;
     let skill_exact_match: BTreeMap<String, f64> = Skill::ALL
         .iter()
         .map(|&skill| {
@@ -796,13 +798,13 @@ where
 pub fn run<B: AutodiffBackend>(
     settings: &SyntheticSettings,
     out: &Path,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<SyntheticReport, TrainError>
 where
     Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
 {
-    let base = prepare::<B>(settings, out, device)?;
-    let outcome = run_unit::<B>(settings, &base.model, out)?;
+    let base = prepare::<B>(settings, out, devices)?;
+    let outcome = run_unit::<B>(settings, &base.model, out, devices)?;
     assemble(settings, &base.skill_exact_match, &[outcome], out)
 }
 
@@ -813,6 +815,7 @@ pub fn run_unit<B: AutodiffBackend>(
     settings: &SyntheticSettings,
     base: &Model<B>,
     out: &Path,
+    devices: &[B::Device],
 ) -> Result<UnitOutcome, TrainError>
 where
     Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
@@ -858,7 +861,7 @@ where
             method.name().to_string()
         };
         let label = format!("stage 2 {family}");
-        let (model, trained) = train_stage(
+        let (model, trained) = train_stage_on(
             model,
             StageData::Stream(&generate),
             &settings.pretraining,
@@ -867,6 +870,7 @@ where
                 label: &label,
                 ..Default::default()
             },
+            devices,
         )?;
         outcome.curves.push((family.clone(), trained.losses.clone()));
         let probe: Vec<(String, Vec<EncodedExample>)> = split
@@ -956,7 +960,8 @@ where
                     config.optim.lr = settings.pretraining.optim.lr;
                 }
                 let data = StageData::Tokens(&train_set);
-                let (model, _) = train_stage(model, data, &config, stage_seeds, &RunOptions::default())?;
+                let (model, _) =
+                    train_stage_on(model, data, &config, stage_seeds, &RunOptions::default(), devices)?;
                 let test = task_examples(task, settings.n_test, seeds.test(t))?;
                 let em = evaluate(&model.valid(), TestSet::Targets(&test), 100)?.value;
                 scores.push(em);

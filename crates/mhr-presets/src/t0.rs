@@ -23,7 +23,7 @@ use mhr_train::eval::mean_token_loss;
 use mhr_train::methods::AdapterSizes;
 use mhr_train::optim::{OptimConfig, OptimizerKind};
 use mhr_train::pipeline::{
-    StageData, StageSeeds, TestSet, adaptation_model, evaluate, pretraining_model, train_stage,
+    StageData, StageSeeds, TestSet, adaptation_model, evaluate, pretraining_model, train_stage_on,
 };
 use mhr_train::results::{ResultRow, Results};
 use mhr_train::schedule::Schedule;
@@ -197,11 +197,12 @@ impl T0Settings {
 pub fn run<B: AutodiffBackend>(
     settings: &T0Settings,
     out: &Path,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<Results, TrainError>
 where
     Model<B>: AutodiffModule<B, InnerModule = Model<B::InnerBackend>>,
 {
+    let device = crate::home::<B>(devices)?;
     let methods: Vec<Method> = settings
         .methods
         .iter()
@@ -276,7 +277,7 @@ where
     for family in families {
         let model = pretraining_model(base.clone(), family, sizes, &targets, index.len(), seeds)?;
         let label = format!("{family} pre-training");
-        let (model, _) = train_stage(
+        let (model, _) = train_stage_on(
             model,
             StageData::Tokens(&train_set),
             &T0Settings::for_method(&settings.pretraining, family),
@@ -285,6 +286,7 @@ where
                 label: &label,
                 ..Default::default()
             },
+            devices,
         )?;
         let loss = mean_token_loss(&model.valid(), &validation_set, settings.eval_batch)?;
         eprintln!("{}: {family} validation loss {loss:.4}", settings.preset);
@@ -315,12 +317,14 @@ where
                 let model = adaptation_model(start, method, sizes, seeds)?;
                 let mut config = T0Settings::for_method(&settings.adaptation, method);
                 config.batch_size = config.batch_size.min(few.len().max(1));
-                let (adapted, _) = train_stage(
+                let (adapted, _) = train_stage_on(
                     model,
                     StageData::Choices(&few),
                     &config,
                     seeds,
                     &RunOptions::default(),
+                    // T-Few's objective trains on one device.
+                    &devices[..1],
                 )?;
                 let score = evaluate(&adapted.valid(), TestSet::Choices(&test), settings.eval_batch)?;
                 eprintln!(

@@ -360,7 +360,7 @@ where
         // Per-step seed: the routing noise and dropout of a step do not depend on where the run was resumed.
         let step_seed = mix(config.seed, step as u64);
         let mut accumulator = GradientsAccumulator::<Model<B>>::new();
-        let mut step_loss = 0.0;
+        let (mut step_loss, mut step_tokens) = (0.0, 0usize);
         // The objective's named loss terms, summed over the micro-batches like `step_loss`.
         let mut step_terms = BTreeMap::<&str, f64>::new();
         let micro_batches = config.grad_accumulation.max(1) as f64;
@@ -376,7 +376,7 @@ where
                 share,
                 micro_seed,
             )?;
-            tokens += batch.tokens;
+            step_tokens += batch.tokens;
             let scale = |loss: Tensor<B, 1>| match batch.share_of_loss {
                 Some(share) => loss * share / micro_batches,
                 None => loss / micro_batches,
@@ -418,15 +418,16 @@ where
                 grads.unwrap_or_else(|| GradientsParams::from_grads(micro_loss.loss.backward(), &model));
             accumulator.accumulate(&model, grads);
         }
-        // Peers sum their gradients, losses and interrupt flags; alone, this is the identity.
-        let values: Vec<f64> = [step_loss]
+        // Peers sum their gradients, losses, token counts and interrupt flags; alone, this is the identity.
+        let values: Vec<f64> = [step_loss, step_tokens as f64]
             .into_iter()
             .chain(step_terms.values().copied())
             .chain([f64::from(u8::from(!alone && raised()))])
             .collect();
         let (grads, sums) = sum_step(peer, &model, accumulator.grads(), &values)?;
         step_loss = sums[0];
-        for (term, sum) in step_terms.values_mut().zip(&sums[1..]) {
+        tokens += sums[1] as usize;
+        for (term, sum) in step_terms.values_mut().zip(&sums[2..]) {
             *term = *sum;
         }
         if !alone && !step_loss.is_finite() {

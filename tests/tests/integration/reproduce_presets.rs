@@ -15,7 +15,7 @@ fn smoke_preset_scores_every_method() {
         sni: shared_dir().join("data/sni"),
         ..SniSettings::smoke()
     };
-    let results = sni::run::<A>(&settings, out.path(), &Default::default()).unwrap();
+    let results = sni::run::<A>(&settings, out.path(), &[Default::default()]).unwrap();
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
     assert_eq!(written["preset"], "smoke");
@@ -62,7 +62,7 @@ fn sni_small_preset_loads_the_model_and_repeats_seeds() {
     let _rng = mhr_tests::rng_lock();
     let out = tempfile::tempdir().unwrap();
     let settings = sni_small_on_the_fixture();
-    let results = sni::run::<A>(&settings, out.path(), &Default::default()).unwrap();
+    let results = sni::run::<A>(&settings, out.path(), &[Default::default()]).unwrap();
     assert_eq!(results.preset, "sni-small");
     let mut cells: Vec<_> = results.rows.iter().map(|r| (r.method.as_str(), r.seed)).collect();
     cells.sort();
@@ -85,7 +85,7 @@ fn sni_preset_rejects_a_tokenizer_larger_than_the_vocabulary() {
         tokenizer: None,
         ..sni_small_on_the_fixture()
     };
-    let error = sni::run::<A>(&settings, out.path(), &Default::default())
+    let error = sni::run::<A>(&settings, out.path(), &[Default::default()])
         .unwrap_err()
         .to_string();
     assert!(
@@ -110,7 +110,7 @@ fn synthetic_preset_runs_and_scores_routing() {
     };
     settings.pretraining.steps = 5;
     settings.adaptation.steps = 2;
-    let report = synthetic::run::<A>(&settings, out.path(), &Default::default()).unwrap();
+    let report = synthetic::run::<A>(&settings, out.path(), &[Default::default()]).unwrap();
     assert_eq!(
         report.results.rows.len(),
         5 * 10 * 2,
@@ -303,7 +303,7 @@ fn paper_t0_path_pretrains_on_the_mixture_and_adapts_to_held_out_datasets() {
     (settings.pretraining.steps, settings.pretraining.batch_size) = (3, 4);
     (settings.adaptation.steps, settings.adaptation.batch_size) = (2, 4);
     (settings.adapter.mhr_heads, settings.adapter.n_skills) = (2, 2);
-    let results = t0::run::<A>(&settings, out.path(), &Default::default()).unwrap();
+    let results = t0::run::<A>(&settings, out.path(), &[Default::default()]).unwrap();
     let mut cells: Vec<_> = results
         .rows
         .iter()
@@ -353,7 +353,7 @@ fn paper_t0_rejects_an_unknown_held_out_dataset_before_loading_anything() {
             out.path().join("no-p3"),
         )
     };
-    let error = t0::run::<A>(&settings, out.path(), &Default::default())
+    let error = t0::run::<A>(&settings, out.path(), &[Default::default()])
         .unwrap_err()
         .to_string();
     assert!(error.contains("`coppa`") && error.contains("anli_r1"), "{error}");
@@ -375,18 +375,19 @@ fn synthetic_units_run_apart_assemble_to_the_sequential_report() {
     settings.pretraining.steps = 3;
     settings.adaptation.steps = 2;
     let device = Default::default();
+    let devices = std::slice::from_ref(&device);
     let whole_dir = tempfile::tempdir().unwrap();
-    let whole = synthetic::run::<A>(&settings, whole_dir.path(), &device).unwrap();
+    let whole = synthetic::run::<A>(&settings, whole_dir.path(), devices).unwrap();
     let apart_dir = tempfile::tempdir().unwrap();
-    let base = synthetic::prepare::<A>(&settings, apart_dir.path(), &device).unwrap();
+    let base = synthetic::prepare::<A>(&settings, apart_dir.path(), devices).unwrap();
     let units = synthetic::work_units(&settings).unwrap();
     let names: Vec<String> = units.iter().map(synthetic::unit_name).collect();
     assert_eq!(names, ["mhr@0,1", "lora@0,1", "lora-scratch@0", "lora-scratch@1"]);
     let mut outcomes = Vec::new();
     for unit in units.iter().rev() {
         // A worker loads the base that `prepare` cached and runs one unit.
-        let base = synthetic::cached_base::<A>(&settings, apart_dir.path(), &device).unwrap();
-        let outcome = synthetic::run_unit::<A>(unit, &base, apart_dir.path()).unwrap();
+        let base = synthetic::cached_base::<A>(&settings, apart_dir.path(), devices).unwrap();
+        let outcome = synthetic::run_unit::<A>(unit, &base, apart_dir.path(), devices).unwrap();
         let json = serde_json::to_string(&outcome).unwrap();
         outcomes.push(serde_json::from_str::<synthetic::UnitOutcome>(&json).unwrap());
     }

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use mhr_cli::commands::common::{catch_panics, check_sizes};
-use mhr_cli::device::{DeviceSpec, ensure_compiled, start_device};
+use mhr_cli::device::{DeviceSpec, Devices, ensure_compiled, start_device};
 
 #[test]
 fn parses_devices() {
@@ -75,4 +75,31 @@ fn size_guard_refuses_overflow_and_large_tensors() {
     let err = check_sizes(&[("logits", &[usize::MAX, usize::MAX, 9])], 1 << 30).unwrap_err();
     assert!(err.to_string().contains("the logits would take"), "{err}");
     assert!(check_sizes(&[("x", &[1 << 20, 1 << 10])], 1 << 30).is_err());
+}
+
+#[test]
+fn devices_parse_and_print_as_given() {
+    for (given, spec, printed) in [
+        ("cpu:3", DeviceSpec::Cpu, "cpu:3"),
+        ("flex:2", DeviceSpec::Flex, "flex:2"),
+        ("cuda:0,cuda:2", DeviceSpec::Cuda(0), "cuda:0,cuda:2"),
+        ("wgpu:1,wgpu:0", DeviceSpec::Wgpu(Some(1)), "wgpu:1,wgpu:0"),
+        ("wgpu", DeviceSpec::Wgpu(None), "wgpu"),
+        ("cuda:1", DeviceSpec::Cuda(1), "cuda:1"),
+    ] {
+        let devices: Devices = given.parse().unwrap();
+        assert_eq!(devices.spec, spec, "{given}");
+        assert_eq!(devices.to_string(), printed);
+        assert_eq!(printed.parse::<Devices>().unwrap(), devices);
+    }
+    for (given, named) in [
+        ("cpu:0", "positive integer"),
+        ("cuda:0,wgpu:1", "`wgpu:1`"),
+        ("cuda:0,cuda:0", "`cuda:0` is named twice"),
+        ("cpu,cpu", "`cpu`"),
+        ("tpu:2", "unknown device"),
+    ] {
+        let error = given.parse::<Devices>().unwrap_err();
+        assert!(error.contains(named), "{given}: {error}");
+    }
 }
