@@ -21,10 +21,14 @@ enum Command {
     Devices,
     /// Summarise a peft adapter folder: type, modules, shapes and per-layer routing diagnostics (JSON lines).
     Inspect(commands::inspect::Args),
-    /// Teacher-forced logits, loss and per-example label log-likelihood of a batch (safetensors in and out).
+    /// Teacher-forced logits, loss and label log-likelihood of a batch (safetensors in and out), or rank
+    /// classification of answer choices given as text (JSON lines in and out).
     Score(commands::score::Args),
-    /// Greedy or beam-search generation from a batch of inputs (safetensors in and out).
+    /// Greedy or beam-search generation from a batch of token ids (safetensors in and out) or from text (JSON
+    /// lines in and out).
     Generate(commands::generate::Args),
+    /// Serve the model and its adapter over HTTP/JSON: generation and scoring for any mix of tasks, batched.
+    Serve(commands::serve::Args),
     /// Task data utilities (`mhr data stats`).
     Data(commands::data::Args),
     /// Multi-task pre-training of a method on SNI tasks, into a run folder.
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Score(args) => commands::score::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Data(args) => commands::data::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Adapt(args) => commands::adapt::run(args),

@@ -87,6 +87,8 @@ pub fn mean_token_loss<B: Backend>(
 pub struct RankClassification {
     /// Per example, each choice's mean token log-likelihood (higher is better).
     pub scores: Vec<Vec<f64>>,
+    /// Per example, each choice's summed token log-likelihood (`label_loglik_sum`).
+    pub logliks: Vec<Vec<f64>>,
     /// Per example, the best-scoring choice.
     pub predictions: Vec<usize>,
     /// Fraction of predictions equal to the gold choice.
@@ -115,6 +117,7 @@ pub fn rank_classification<B: Backend>(
     let device = model.device();
     let pad = pad_id(model)?;
     let mut scores = Vec::with_capacity(examples.len());
+    let mut logliks = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let data = ChoiceBatchData::collate(chunk, pad);
         let batch = data.to_tensors::<B>(&device);
@@ -129,8 +132,10 @@ pub fn rank_classification<B: Backend>(
             .chunks(t)
             .map(|row| row.iter().filter(|&&l| l != IGNORE_INDEX).count());
         let mut row_scores = sums.iter().zip(lengths).map(|(sum, n)| sum / n as f64);
+        let mut row_sums = sums.iter().copied();
         for &n in &data.num_choices {
             scores.push(row_scores.by_ref().take(n).collect::<Vec<f64>>());
+            logliks.push(row_sums.by_ref().take(n).collect::<Vec<f64>>());
         }
     }
     let predictions = scores
@@ -146,6 +151,7 @@ pub fn rank_classification<B: Backend>(
     Ok(RankClassification {
         accuracy: accuracy(&predictions, &gold),
         scores,
+        logliks,
         predictions,
     })
 }

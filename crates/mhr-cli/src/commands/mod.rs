@@ -9,4 +9,6 @@ pub mod generate;
 pub mod inspect;
 pub mod run_dir;
 pub mod score;
+pub mod serve;
+pub mod texts;
 pub mod train;

@@ -319,6 +319,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// Whether `dir` looks like a run folder (its config is there), without reading it.
+    pub fn is_run(dir: &Path) -> bool {
+        dir.join(TRAIN_CONFIG).is_file() || dir.join(ADAPT_CONFIG).is_file()
+    }
+
     /// Opens a run folder written by `mhr train` or `mhr adapt`.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {

@@ -1,27 +1,48 @@
-//! `mhr score`: teacher-forced logits, loss and per-example label log-likelihood of a batch, in the
-//! fixtures' layout. Routing is deterministic (evaluation mode: `σ(Z)`, no noise).
+//! `mhr score`, from token ids or from text. Routing is deterministic (evaluation mode: `σ(Z)`, no noise).
+//! - `--batch IN.safetensors`: teacher-forced logits, loss and per-example label log-likelihood, in the
+//!   fixtures' layout.
+//! - `--inputs FILE.jsonl`: rank classification of each line's `choices` as continuations of its `input`, run
+//!   as `mhr serve` runs a request.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
+use mhr_serve::Engine;
+use mhr_serve::api::{ScoreRequest, ScoreResponse};
+use mhr_serve::inputs::ScoreJob;
+use mhr_serve::scheduler::score_jobs;
+use serde_json::json;
 
 use crate::commands::common::{
     InputBatch, IntMatrix, ModelArgs, Prepared, catch_panics, check_out_path, check_sizes, write_output,
 };
+use crate::commands::texts::{TextArgs, read_input_lines, write_jsonl};
 use crate::device::{BackendTask, DeviceSpec, with_backend};
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["batch", "inputs"])))]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Input safetensors: int64 (or int32) `input_ids` [b, s], `attention_mask` [b, s], `labels` [b, t]
     /// (-100 = ignored) and, for routed adapters, `task_ids` [b].
     #[arg(long, value_name = "IN.safetensors")]
-    pub batch: PathBuf,
-    /// Output safetensors: f32 `logits` [b, t, vocab], `loss` [1], `label_loglik_sum` [b].
-    #[arg(long, value_name = "OUT.safetensors")]
+    pub batch: Option<PathBuf>,
+    /// Input text: JSON lines `{"task": NAME, "input": TEXT, "choices": [TEXT, …]}` (`task` for routed adapters
+    /// only; an `id` is copied to the output line).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub inputs: Option<PathBuf>,
+    #[command(flatten)]
+    pub text: TextArgs,
+    /// Lines of --inputs scored together (of any tasks), each with all its choices.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// With --batch: output safetensors, f32 `logits` [b, t, vocab], `loss` [1], `label_loglik_sum` [b].
+    /// With --inputs: JSON lines `{"line", "id"?, "task"?, "answer", "answer_index", "scores", "logliks"}`:
+    /// per choice its mean and summed token log-likelihood; the answer has the best mean.
+    #[arg(long, value_name = "OUT")]
     pub out: PathBuf,
 }
 
@@ -58,15 +79,45 @@ impl BackendTask for ScoreTask {
     }
 }
 
+/// `--inputs`: the lines' jobs, scored `batch_size` lines at a time.
+struct TextScoreTask {
+    prepared: Prepared,
+    jobs: Vec<ScoreJob>,
+    batch_size: usize,
+}
+
+impl BackendTask for TextScoreTask {
+    type Output = Vec<ScoreResponse>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Result<Self::Output> {
+        let model = self.prepared.load_model::<B::InnerBackend>(&device)?;
+        let engine = Engine::new(model, self.prepared.n_tasks.is_some())?;
+        let mut scored = Vec::with_capacity(self.jobs.len());
+        for chunk in self.jobs.chunks(self.batch_size) {
+            let chunk: Vec<&ScoreJob> = chunk.iter().collect();
+            scored.extend(score_jobs(&engine, &chunk)?);
+        }
+        Ok(scored)
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     check_out_path(&args.out)?;
     let prepared = args.model.prepare()?;
-    let mut batch = InputBatch::read(&args.batch, true)?;
+    match (&args.batch, &args.inputs) {
+        (Some(batch), _) => run_batch(&args, prepared, batch),
+        (None, Some(inputs)) => run_texts(&args, prepared, inputs),
+        (None, None) => bail!("give --batch IN.safetensors or --inputs FILE.jsonl"),
+    }
+}
+
+fn run_batch(args: &Args, prepared: Prepared, path: &Path) -> Result<()> {
+    let mut batch = InputBatch::read(path, true)?;
     batch.validate(&prepared.config, prepared.n_tasks)?;
     let labels = batch
         .labels
         .take()
-        .ok_or_else(|| anyhow!("{}: tensor `labels` is missing", args.batch.display()))?;
+        .ok_or_else(|| anyhow!("{}: tensor `labels` is missing", path.display()))?;
     let c = &prepared.config;
     let (b, s, t) = (batch.batch_size(), batch.input_ids.cols, labels.cols);
     let h = c.num_heads;
@@ -92,4 +143,56 @@ pub fn run(args: Args) -> Result<()> {
         )
     })?;
     write_output(&args.out, tensors)
+}
+
+fn run_texts(args: &Args, prepared: Prepared, path: &Path) -> Result<()> {
+    let inputs = args.text.inputs(&prepared, None)?;
+    let lines = read_input_lines(path)?;
+    let jobs = lines
+        .iter()
+        .map(|(n, line)| {
+            let at = || format!("--inputs {}: line {n}", path.display());
+            let Some(choices) = line.choices.clone() else {
+                bail!("{}: `choices`: required by mhr score", at());
+            };
+            let request = ScoreRequest {
+                task: line.task.clone(),
+                input: line.input.clone(),
+                choices,
+            };
+            inputs.score(&request).with_context(at)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let spec = args.model.device;
+    let scored = catch_panics(&format!("scoring on `{spec}`"), || {
+        with_backend(
+            spec,
+            TextScoreTask {
+                prepared,
+                jobs,
+                batch_size: args.batch_size as usize,
+            },
+        )
+    })?;
+    let values: Vec<serde_json::Value> = lines
+        .iter()
+        .zip(scored)
+        .map(|((n, line), scored)| {
+            let mut value = json!({
+                "line": n,
+                "answer": scored.answer,
+                "answer_index": scored.answer_index,
+                "scores": scored.scores,
+                "logliks": scored.logliks,
+            });
+            if let Some(id) = &line.id {
+                value["id"] = id.clone();
+            }
+            if let Some(task) = &line.task {
+                value["task"] = json!(task);
+            }
+            value
+        })
+        .collect();
+    write_jsonl(&args.out, &values)
 }

@@ -3,6 +3,7 @@
 
 mod cli_errors;
 mod cli_fixtures;
+mod cli_serve;
 mod cli_train;
 mod common;
 mod units;
