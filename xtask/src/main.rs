@@ -1,6 +1,7 @@
-//! Developer and reproduction tasks: `cargo xtask reproduce`, `cargo xtask bench`.
+//! Developer and reproduction tasks: `cargo xtask reproduce`, `cargo xtask bench`, `cargo xtask loadtest`.
 
 mod bench;
+mod loadtest;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ enum Command {
     Reproduce(ReproduceArgs),
     /// Time full training steps (forward, backward, AdamW) of the peer benchmark's configuration; one JSON line.
     Bench(bench::BenchArgs),
+    /// Load-test `mhr serve` with concurrent HTTP clients: mixed tasks against one task and against one request at a
+    /// time; throughput and p50/p99 latency into loadtest.{json,md}.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -484,6 +488,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Reproduce(args) => reproduce(args),
         Command::Bench(args) => bench::run(args),
+        Command::Loadtest(args) => loadtest::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
 //! Dynamic batching: requests wait in a bounded queue; one worker thread owns the model and runs requests
-//! of any mix of tasks together, as soon as a batch is full or its oldest request has waited `max_wait`.
+//! of any mix of tasks together, as soon as a batch is full or `max_wait` after it became free.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 pub struct BatchPolicy {
     /// Most rows in one model batch (inputs; (input, choice) pairs when scoring). A larger request runs alone.
     pub max_batch: usize,
-    /// How long the oldest waiting request may wait for others to fill its batch.
+    /// How long the worker, once free, waits for requests to fill a batch (it runs a full one at once).
     pub max_wait: Duration,
     /// Requests that may wait; past it a request is refused (503) instead of queued.
     pub queue_capacity: usize,
@@ -80,7 +80,6 @@ type Reply = oneshot::Sender<Result<Answer, String>>;
 
 struct Queued {
     work: Work,
-    since: Instant,
     reply: Reply,
 }
 
@@ -132,11 +131,7 @@ impl Scheduler {
             .clone()
             .ok_or(Refused::Stopped)?;
         let (reply, answer) = oneshot::channel();
-        let queued = Queued {
-            work,
-            since: Instant::now(),
-            reply,
-        };
+        let queued = Queued { work, reply };
         // Counted before sending, so that the worker's decrement never comes first.
         self.metrics.queue_depth.inc();
         match sender.try_send(queued) {
@@ -185,9 +180,12 @@ fn work<B: Backend>(
                 Err(_) => return,
             }
         }
-        // Gather until a batch is full or the oldest request has waited long enough.
+        // Gather until a batch is full or `max_wait` has passed since the worker became free: clients answered by
+        // the last batch then have time to send their next request and join this one, instead of the load
+        // settling into half-full batches that alternate.
+        let deadline = Instant::now() + policy.max_wait;
         while open && pending.iter().map(|q| q.work.rows()).sum::<usize>() < policy.max_batch {
-            let left = (pending[0].since + policy.max_wait).saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match receiver.recv_timeout(left) {
                 Ok(queued) => take(queued, &mut pending),
                 Err(RecvTimeoutError::Timeout) => break,
@@ -393,7 +391,6 @@ mod tests {
     fn queued(work: Work) -> Queued {
         Queued {
             work,
-            since: Instant::now(),
             reply: oneshot::channel().0,
         }
     }

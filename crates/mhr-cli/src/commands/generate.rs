@@ -21,7 +21,7 @@ use serde_json::json;
 use crate::commands::common::{
     InputBatch, ModelArgs, Prepared, catch_panics, check_out_path, check_sizes, write_output,
 };
-use crate::commands::texts::{TextArgs, read_input_lines, write_jsonl};
+use crate::commands::texts::{TextArgs, output_line, read_input_lines, write_jsonl};
 use crate::device::{BackendTask, DeviceSpec, with_backend};
 
 #[derive(clap::Args, Debug)]
@@ -198,14 +198,7 @@ fn run_texts(args: &Args, prepared: Prepared, path: &std::path::Path) -> Result<
         .iter()
         .zip(outputs)
         .map(|((n, line), output)| {
-            let mut value = json!({"line": n, "output": output.text, "tokens": output.tokens});
-            if let Some(id) = &line.id {
-                value["id"] = id.clone();
-            }
-            if let Some(task) = &line.task {
-                value["task"] = json!(task);
-            }
-            value
+            output_line(*n, line, json!({"output": output.text, "tokens": output.tokens}))
         })
         .collect();
     write_jsonl(&args.out, &values)

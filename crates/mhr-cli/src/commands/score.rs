@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::commands::common::{
     InputBatch, IntMatrix, ModelArgs, Prepared, catch_panics, check_out_path, check_sizes, write_output,
 };
-use crate::commands::texts::{TextArgs, read_input_lines, write_jsonl};
+use crate::commands::texts::{TextArgs, output_line, read_input_lines, write_jsonl};
 use crate::device::{BackendTask, DeviceSpec, with_backend};
 
 #[derive(clap::Args, Debug)]
@@ -178,20 +178,13 @@ fn run_texts(args: &Args, prepared: Prepared, path: &Path) -> Result<()> {
         .iter()
         .zip(scored)
         .map(|((n, line), scored)| {
-            let mut value = json!({
-                "line": n,
+            let fields = json!({
                 "answer": scored.answer,
                 "answer_index": scored.answer_index,
                 "scores": scored.scores,
                 "logliks": scored.logliks,
             });
-            if let Some(id) = &line.id {
-                value["id"] = id.clone();
-            }
-            if let Some(task) = &line.task {
-                value["task"] = json!(task);
-            }
-            value
+            output_line(*n, line, fields)
         })
         .collect();
     write_jsonl(&args.out, &values)

@@ -2,7 +2,9 @@
 //! batched into one forward pass. The model works on this thread (in the backend's thread pool); the HTTP
 //! server runs beside it on a tokio runtime until SIGTERM or Ctrl-C, then finishes what it accepted.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ pub struct Args {
     /// Most rows (inputs, or (input, choice) pairs) in one model batch.
     #[arg(long, value_name = "N", default_value_t = BatchPolicy::default().max_batch)]
     pub max_batch: usize,
-    /// How long the oldest waiting request waits for others to join its batch.
+    /// How long the model, once free, waits for requests to fill a batch (a full one runs at once).
     #[arg(long, value_name = "MS", default_value_t = BatchPolicy::default().max_wait.as_millis() as u64)]
     pub max_wait_ms: u64,
     /// Requests that may wait; past it a request gets 503 with Retry-After.
@@ -44,6 +46,8 @@ struct ServeTask {
     inputs: Inputs,
     policy: BatchPolicy,
     addr: SocketAddr,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    bound: Box<dyn FnOnce(SocketAddr) + Send>,
 }
 
 impl BackendTask for ServeTask {
@@ -70,13 +74,15 @@ impl BackendTask for ServeTask {
             .with_context(|| format!("--addr {}: cannot listen", self.addr))?;
         let bound = listener.local_addr()?;
         let server_state = state.clone();
+        let shutdown = self.shutdown;
         let server = std::thread::Builder::new()
             .name("mhr-http".into())
-            .spawn(move || runtime.block_on(serve(listener, server_state, shutdown_signal())))?;
+            .spawn(move || runtime.block_on(serve(listener, server_state, shutdown)))?;
         eprintln!(
             "mhr serve: listening on http://{bound} ({spec}, {} tasks)",
             inputs.task_names().len()
         );
+        (self.bound)(bound);
         // Returns once the server has stopped accepting and the queue is drained.
         worker.run(&engine, &inputs);
         let served = server
@@ -89,6 +95,15 @@ impl BackendTask for ServeTask {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    serve_until(args, shutdown_signal(), |_| {})
+}
+
+/// Serves until `shutdown` resolves (then answers what it accepted); `bound` gets the address once listening.
+pub fn serve_until(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    bound: impl FnOnce(SocketAddr) + Send + 'static,
+) -> Result<()> {
     let prepared = args.model.prepare()?;
     let inputs = args.text.inputs(&prepared, Some(args.max_new_tokens))?;
     let policy = BatchPolicy {
@@ -116,6 +131,8 @@ pub fn run(args: Args) -> Result<()> {
                 inputs,
                 policy,
                 addr: args.addr,
+                shutdown: Box::pin(shutdown),
+                bound: Box::new(bound),
             },
         )
     })

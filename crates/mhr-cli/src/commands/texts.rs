@@ -113,6 +113,19 @@ pub fn read_input_lines(path: &Path) -> Result<Vec<(usize, InputLine)>> {
     Ok(lines)
 }
 
+/// The output line of input line `n`: `fields` with the line number, and the line's `id` and `task` when given.
+pub fn output_line(n: usize, line: &InputLine, fields: serde_json::Value) -> serde_json::Value {
+    let mut value = fields;
+    value["line"] = n.into();
+    if let Some(id) = &line.id {
+        value["id"] = id.clone();
+    }
+    if let Some(task) = &line.task {
+        value["task"] = task.as_str().into();
+    }
+    value
+}
+
 /// Writes one JSON value per line, atomically.
 pub fn write_jsonl(out: &Path, values: &[serde_json::Value]) -> Result<()> {
     let mut text = String::new();

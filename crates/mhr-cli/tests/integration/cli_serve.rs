@@ -101,6 +101,26 @@ fn generate_texts(dir: &Path, beams: usize) -> Vec<Value> {
     read_lines(&out)
 }
 
+/// `mhr score --inputs` of the scoring lines.
+fn score_texts(dir: &Path) -> Vec<Value> {
+    let inputs = dir.join("score.jsonl");
+    write_lines(&inputs, &score_lines());
+    let scored = dir.join("scored.jsonl");
+    let mut args = vec!["score".to_string()];
+    args.extend(model_args());
+    args.extend(
+        [
+            "--inputs",
+            &inputs.display().to_string(),
+            "--out",
+            &scored.display().to_string(),
+        ]
+        .map(String::from),
+    );
+    assert_success(&mhr(&args));
+    read_lines(&scored)
+}
+
 fn tokens_of(value: &Value) -> Vec<i64> {
     value["tokens"]
         .as_array()
@@ -199,22 +219,7 @@ fn text_inputs_equal_the_token_id_path() {
     }
 
     // Scoring: one (input, choice) row per choice through `mhr score --batch`.
-    let inputs = dir.path().join("score.jsonl");
-    write_lines(&inputs, &score_lines());
-    let scored = dir.path().join("scored.jsonl");
-    let mut args = vec!["score".to_string()];
-    args.extend(model_args());
-    args.extend(
-        [
-            "--inputs",
-            &inputs.display().to_string(),
-            "--out",
-            &scored.display().to_string(),
-        ]
-        .map(String::from),
-    );
-    assert_success(&mhr(&args));
-    let scored = read_lines(&scored);
+    let scored = score_texts(dir.path());
     let (mut sources, mut labels, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
     for (task, input, choices) in SCORE {
         for choice in choices {
@@ -458,22 +463,7 @@ fn server_batches_tasks_together_and_answers_as_offline() {
     assert_eq!(metric(&metrics, "mhr_batch_requests_sum"), 4.0, "{metrics}");
 
     // Two scoring requests of two choices each fill one batch too, and equal `mhr score --inputs`.
-    let inputs = dir.path().join("score.jsonl");
-    write_lines(&inputs, &score_lines());
-    let scored = dir.path().join("scored.jsonl");
-    let mut args = vec!["score".to_string()];
-    args.extend(model_args());
-    args.extend(
-        [
-            "--inputs",
-            &inputs.display().to_string(),
-            "--out",
-            &scored.display().to_string(),
-        ]
-        .map(String::from),
-    );
-    assert_success(&mhr(&args));
-    let offline = read_lines(&scored);
+    let offline = score_texts(dir.path());
     let answers = concurrently(
         &server,
         "/v1/score",
