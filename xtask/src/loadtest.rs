@@ -55,6 +55,10 @@ pub struct LoadtestArgs {
     /// through `scripts/peer_serve.py`.
     #[arg(long, value_name = "PYTHON")]
     pub peer_python: Option<PathBuf>,
+    /// Afterwards, register this many tasks over `POST /v1/tasks` (copies of one served task's routing row from the
+    /// adapter folder, under new names) and report the memory they add and the time each takes.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub register: usize,
     /// Report folder: loadtest.json, loadtest.md and the requests sent (requests.jsonl).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -144,7 +148,10 @@ pub fn run(args: LoadtestArgs) -> Result<()> {
         max_wait_ms: args.max_wait_ms,
         queue: mhr_serve::BatchPolicy::default().queue_capacity,
         max_new_tokens: args.max_new_tokens,
+        tasks: Vec::new(),
+        token_file: Some(args.out.join(TOKEN_FILE)),
     };
+    mhr_core::io::write_atomic(args.out.join(TOKEN_FILE), TOKEN.as_bytes())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
@@ -164,16 +171,21 @@ pub fn run(args: LoadtestArgs) -> Result<()> {
             Err(_) => bail!("the server panicked while starting"),
         };
     };
-    let outcome = measure(&args, addr);
+    let outcome = match &adapter {
+        Some(adapter) => measure(&args, addr, adapter),
+        None => Err(anyhow::anyhow!(
+            "give --adapter: the load test serves a routed adapter's tasks"
+        )),
+    };
     let _ = stop.send(());
     let served = server
         .join()
         .map_err(|_| anyhow::anyhow!("the server panicked"))?;
-    let (runs, tasks) = outcome?;
+    let (runs, tasks, registered) = outcome?;
     served?;
     // After the server has stopped: the peer has the machine to itself, as the server had.
     let peer = peer(&args, &model, adapter.as_deref(), tokenizer.as_deref())?;
-    report(&args, &runs, tasks, peer.as_ref())
+    report(&args, &runs, tasks, peer.as_ref(), registered.as_ref())
 }
 
 /// (task, input) of the requests, cycled by every run, and the served task names (routing-row order; `[None]`
@@ -218,6 +230,56 @@ fn write_requests(args: &LoadtestArgs, requests: &[Request], names: &[Option<Str
 }
 
 const REQUESTS_FILE: &str = "requests.jsonl";
+const TOKEN_FILE: &str = "token";
+/// The registration token of the server the load test starts (on 127.0.0.1, for the test's duration).
+const TOKEN: &str = "loadtest";
+
+/// Memory and time of registering `args.register` tasks: copies of the first served task's routing row.
+fn register_tasks(
+    args: &LoadtestArgs,
+    url: &str,
+    adapter: &Path,
+    first: &Option<String>,
+) -> Result<Option<Value>> {
+    if args.register == 0 {
+        return Ok(None);
+    }
+    let task = first
+        .clone()
+        .context("--register: the served adapter does not route by task")?;
+    let before = resident_bytes()?;
+    let started = Instant::now();
+    for i in 0..args.register {
+        let body = json!({"path": adapter, "task": task, "name": format!("registered-{i}")});
+        ureq::post(&format!("{url}/v1/tasks"))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .send_json(body)
+            .with_context(|| format!("registering task {i}"))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let added = resident_bytes()?.saturating_sub(before);
+    let measured = json!({
+        "registered": args.register,
+        "seconds": seconds,
+        "ms_each": seconds * 1e3 / args.register as f64,
+        "resident_mb_added": added as f64 / 1e6,
+        "bytes_per_task": added as f64 / args.register as f64,
+    });
+    eprintln!("registered: {measured}");
+    Ok(Some(measured))
+}
+
+/// This process's resident memory (the server runs in it), from /proc.
+fn resident_bytes() -> Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").context("/proc/self/statm (Linux only)")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .context("/proc/self/statm: no resident size")?;
+    // 4 KiB pages on the Linux targets this runs on.
+    Ok(pages * 4096)
+}
 
 /// The requests of `requests.jsonl` through transformers + peft; `None` without `--peer-python`.
 fn peer(
@@ -274,7 +336,11 @@ fn peer(
 }
 
 /// The three runs against the server at `addr`.
-fn measure(args: &LoadtestArgs, addr: SocketAddr) -> Result<(Vec<Measured>, usize)> {
+fn measure(
+    args: &LoadtestArgs,
+    addr: SocketAddr,
+    adapter: &Path,
+) -> Result<(Vec<Measured>, usize, Option<Value>)> {
     let (requests, names) = requests(args, addr)?;
     write_requests(args, &requests, &names)?;
     let url = format!("http://{addr}");
@@ -290,14 +356,13 @@ fn measure(args: &LoadtestArgs, addr: SocketAddr) -> Result<(Vec<Measured>, usiz
         .collect();
     // Warm-up: the first batch pays one-off costs (allocations, kernel compilation on a GPU).
     load(&url, &requests, args, 1, "warm-up", args.requests.min(8))?;
-    Ok((
-        vec![
-            load(&url, &requests, args, 1, "one at a time", args.requests)?,
-            load(&url, &requests, args, args.clients, "mixed tasks", args.requests)?,
-            load(&url, &single, args, args.clients, "one task", args.requests)?,
-        ],
-        tasks,
-    ))
+    let runs = vec![
+        load(&url, &requests, args, 1, "one at a time", args.requests)?,
+        load(&url, &requests, args, args.clients, "mixed tasks", args.requests)?,
+        load(&url, &single, args, args.clients, "one task", args.requests)?,
+    ];
+    let registered = register_tasks(args, &url, adapter, &names[0])?;
+    Ok((runs, tasks, registered))
 }
 
 fn metric(url: &str, name: &str) -> Result<f64> {
@@ -397,7 +462,13 @@ fn load(
     Ok(measured)
 }
 
-fn report(args: &LoadtestArgs, runs: &[Measured], tasks: usize, peer: Option<&Value>) -> Result<()> {
+fn report(
+    args: &LoadtestArgs,
+    runs: &[Measured],
+    tasks: usize,
+    peer: Option<&Value>,
+    registered: Option<&Value>,
+) -> Result<()> {
     let [alone, mixed, single] = runs else {
         bail!("expected three runs");
     };
@@ -415,6 +486,7 @@ fn report(args: &LoadtestArgs, runs: &[Measured], tasks: usize, peer: Option<&Va
         "mixed_over_one_task": mixed_over_single,
         "mixed_over_one_at_a_time": mixed_over_alone,
         "python_peer": peer.cloned().unwrap_or_else(|| json!("not measured")),
+        "registered_tasks": registered.cloned().unwrap_or_else(|| json!("not measured")),
     });
     mhr_core::io::write_atomic(args.out.join("loadtest.json"), &serde_json::to_vec_pretty(&json)?)?;
     let mut md = format!(
@@ -464,6 +536,17 @@ fn report(args: &LoadtestArgs, runs: &[Measured], tasks: usize, peer: Option<&Va
          time: {mixed_over_alone:.2}x (target >= 4); {peer_line}.\n",
         args.clients
     ));
+    if let Some(r) = registered {
+        md.push_str(&format!(
+            "\n{} tasks registered over POST /v1/tasks in {:.1} s ({:.2} ms each): +{:.1} MB resident ({:.0} bytes per \
+             task; target <= 100 MB for 10,000).\n",
+            r["registered"],
+            r["seconds"].as_f64().unwrap_or(f64::NAN),
+            r["ms_each"].as_f64().unwrap_or(f64::NAN),
+            r["resident_mb_added"].as_f64().unwrap_or(f64::NAN),
+            r["bytes_per_task"].as_f64().unwrap_or(f64::NAN)
+        ));
+    }
     mhr_core::io::write_atomic(args.out.join("loadtest.md"), md.as_bytes())?;
     print!("{md}");
     Ok(())

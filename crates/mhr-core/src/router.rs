@@ -5,6 +5,7 @@ use burn::tensor::activation::sigmoid;
 
 use crate::config::{Normalization, RoutingConfig};
 use crate::draws::{Draws, random};
+use crate::error::CoreError;
 
 /// Added to the per-head sum, as in peft and mttl.
 const NORM_EPS: f64 = 1e-12;
@@ -180,6 +181,33 @@ impl<B: Backend> PolyRouter<B> {
         let logits = Tensor::from_data(logits.into_data(), &device);
         Self::from_logits(logits, self.n_heads, self.n_skills, self.config)
     }
+
+    /// Routing row `task` set to `row` (`h·S` logits, e.g. a task adapted elsewhere); `task == n_tasks` appends it.
+    pub fn with_task_row(self, task: usize, row: &[f32]) -> Result<Self, CoreError> {
+        let [n_tasks, width] = self.module_logits.dims();
+        if row.len() != width || task > n_tasks {
+            return Err(CoreError::Config(format!(
+                "routing row {task} of {} logits for a router of {n_tasks} tasks × {width} logits",
+                row.len()
+            )));
+        }
+        let device = self.module_logits.device();
+        let row = Tensor::<B, 2>::from_data(TensorData::new(row.to_vec(), [1, width]), &device);
+        let logits = self.module_logits.val();
+        let logits = if task == n_tasks {
+            Tensor::cat(vec![logits, row], 0)
+        } else {
+            logits.slice_assign([task..task + 1, 0..width], row)
+        };
+        // A new leaf, as in `add_tasks`.
+        let logits = Tensor::from_data(logits.into_data(), &device);
+        Ok(Self::from_logits(
+            logits,
+            self.n_heads,
+            self.n_skills,
+            self.config,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -347,5 +375,22 @@ mod tests {
                 "unknown task row",
             );
         }
+    }
+
+    #[test]
+    fn a_task_row_replaces_or_appends_one_row() {
+        let router = PolyRouter::<B>::from_logits(
+            Tensor::from_data([[1.0f32, 2.0], [3.0, 4.0]], &DEV),
+            1,
+            2,
+            RoutingConfig::default(),
+        );
+        let replaced = router.clone().with_task_row(0, &[5.0, 6.0]).unwrap();
+        assert_eq!(f32s(replaced.module_logits.val()), [5.0, 6.0, 3.0, 4.0]);
+        let appended = replaced.with_task_row(2, &[7.0, 8.0]).unwrap();
+        assert_eq!(appended.n_tasks(), 3);
+        assert_eq!(f32s(appended.module_logits.val()), [5.0, 6.0, 3.0, 4.0, 7.0, 8.0]);
+        assert!(router.clone().with_task_row(3, &[0.0, 0.0]).is_err(), "a gap");
+        assert!(router.with_task_row(0, &[0.0]).is_err(), "a short row");
     }
 }

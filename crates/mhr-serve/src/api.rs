@@ -67,6 +67,29 @@ pub struct TasksResponse {
     pub routed: bool,
 }
 
+/// `POST /v1/tasks`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// An adaptation folder on the server's machine: an `mhr adapt` run, or a peft folder.
+    pub path: String,
+    /// The name requests will give (default: the adapted task's).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which of the folder's routing rows (default: an `mhr adapt` run's own task).
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// A registered task: its name and routing row; `replaced` when the name was served before (its row is the
+/// registered one now).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredResponse {
+    pub task: String,
+    pub task_id: usize,
+    pub replaced: bool,
+}
+
 /// One line of an `--inputs` file of `mhr generate` / `mhr score`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,7 +1,9 @@
 //! The model side: one padded batch of rows of any mix of tasks, generated from or scored in one pass.
 
+use std::collections::BTreeMap;
+
 use burn::prelude::*;
-use mhr_core::{AdapterHost, RoutingContext, RoutingMode};
+use mhr_core::{AdapterHost, RoutingContext, RoutingMode, SiteRouter};
 use mhr_data::{BatchData, EncodedChoices, EncodedExample};
 use mhr_models::{GenerationConfig, T5ForConditionalGeneration};
 use mhr_train::eval::rank_classification;
@@ -124,6 +126,47 @@ impl<B: Backend> Engine<B> {
                 generated[..end].iter().map(|&id| id as u32).collect()
             })
             .collect())
+    }
+
+    /// Puts a task's routing rows (by site path) at routing row `task` of every router, appended (`task` must then be
+    /// the routers' task count) or replacing that row. Every routed site must have a row, and every row a routed site.
+    pub fn put_task(
+        &mut self,
+        rows: &BTreeMap<String, Vec<f32>>,
+        task: usize,
+        append: bool,
+    ) -> Result<(), ServeError> {
+        let mut placed = 0;
+        let model = self.model.clone().map_sites(|path, mut site| {
+            let Some(router) = site.adapter.as_mut().and_then(|a| a.router_mut()) else {
+                return Ok(site);
+            };
+            let SiteRouter::Own(own) = router else {
+                return Err(ServeError::Config(format!(
+                    "{path}: routes through a shared router"
+                )));
+            };
+            let row = rows
+                .get(path)
+                .ok_or_else(|| ServeError::Config(format!("no routing row for {path}")))?;
+            if append && own.n_tasks() != task {
+                return Err(ServeError::Config(format!(
+                    "{path}: {} routing rows for {task} served task names",
+                    own.n_tasks()
+                )));
+            }
+            *own = own.clone().with_task_row(task, row)?;
+            placed += 1;
+            Ok(site)
+        })?;
+        if placed != rows.len() {
+            return Err(ServeError::Config(format!(
+                "{} routing rows for {placed} routed sites",
+                rows.len()
+            )));
+        }
+        self.model = model;
+        Ok(())
     }
 
     /// Scores every choice of every example under teacher forcing, as one batch of (example, choice) rows.

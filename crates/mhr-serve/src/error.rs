@@ -20,6 +20,8 @@ pub enum RequestErrorKind {
     UnknownTask,
     /// An input longer than the server takes (413).
     TooLong,
+    /// A well-formed request the server cannot carry out (422): a task folder that is not a routing-only adaptation.
+    Unprocessable,
 }
 
 impl RequestError {
@@ -40,6 +42,14 @@ impl RequestError {
         }
     }
 
+    pub fn unprocessable(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: RequestErrorKind::Unprocessable,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
     pub fn too_long(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             kind: RequestErrorKind::TooLong,
@@ -54,6 +64,8 @@ impl RequestError {
 pub enum ServeError {
     #[error(transparent)]
     Model(#[from] mhr_models::ModelError),
+    #[error(transparent)]
+    Core(#[from] mhr_core::CoreError),
     #[error(transparent)]
     Train(#[from] mhr_train::TrainError),
     #[error(transparent)]

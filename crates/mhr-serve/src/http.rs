@@ -1,8 +1,9 @@
 //! The HTTP/JSON front: `/v1/generate`, `/v1/score`, `/v1/tasks`, `/health`, `/metrics`.
 //!
 //! Every refusal is a JSON error naming the field (`{"error": {"field", "message"}}`): 400 for malformed or
-//! out-of-range requests, 404 for an unknown task or path, 413 for an over-long input, 503 with `Retry-After`
-//! when the queue is full, 500 when the model failed on the batch.
+//! out-of-range requests, 401 for a registration without the bearer token (403 when registration is off), 404 for
+//! an unknown task or path, 413 for an over-long input, 422 for a task folder that is not a routing-only
+//! adaptation, 503 with `Retry-After` when the queue is full, 500 when the model failed on the batch.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,15 +12,18 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 
-use crate::api::{ErrorBody, ErrorDetail, GenerateRequest, ScoreRequest, TasksResponse, parse};
+use crate::api::{
+    ErrorBody, ErrorDetail, GenerateRequest, RegisterRequest, ScoreRequest, TasksResponse, parse,
+};
 use crate::error::{RequestError, RequestErrorKind};
 use crate::inputs::Inputs;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::scheduler::{Answer, Refused, Scheduler, Work};
 
 /// What the handlers share.
@@ -27,6 +31,8 @@ pub struct AppState {
     pub inputs: Arc<Inputs>,
     pub scheduler: Scheduler,
     pub metrics: Arc<Metrics>,
+    /// `None`: the adapter does not route by task; nothing registers.
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// The routes over `state`.
@@ -34,7 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/generate", post(generate))
         .route("/v1/score", post(score))
-        .route("/v1/tasks", get(tasks))
+        .route("/v1/tasks", get(tasks).post(register))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -95,6 +101,7 @@ fn refused(e: &RequestError) -> Response {
         RequestErrorKind::Invalid => StatusCode::BAD_REQUEST,
         RequestErrorKind::UnknownTask => StatusCode::NOT_FOUND,
         RequestErrorKind::TooLong => StatusCode::PAYLOAD_TOO_LARGE,
+        RequestErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
     };
     (status, Json(ErrorBody::from(e))).into_response()
 }
@@ -130,6 +137,7 @@ impl AppState {
         match answer.await {
             Ok(Ok(Answer::Generated(response))) => json(response),
             Ok(Ok(Answer::Scored(response))) => json(response),
+            Ok(Ok(Answer::Registered(response))) => (StatusCode::CREATED, Json(response)).into_response(),
             Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, "body", message),
             Err(_) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -172,9 +180,57 @@ async fn score(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
 
 async fn tasks(State(state): State<Arc<AppState>>) -> Response {
     json(TasksResponse {
-        tasks: state.inputs.task_names().to_vec(),
+        tasks: state.inputs.task_names(),
         routed: state.inputs.routed(),
     })
+}
+
+/// `POST /v1/tasks`: reads the folder off the async threads, then puts the task's rows in between two batches.
+async fn register(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let response = match state.registry.as_ref().map(|r| (r, r.authorizes(authorization))) {
+        None => error(
+            StatusCode::FORBIDDEN,
+            "path",
+            "the served adapter does not route by task: nothing registers".into(),
+        ),
+        Some((_, None)) => error(
+            StatusCode::FORBIDDEN,
+            "authorization",
+            "registration is off: start mhr serve with --token-file".into(),
+        ),
+        Some((_, Some(false))) => {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "authorization",
+                "give the server's token as `Authorization: Bearer TOKEN`".into(),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+        Some((registry, Some(true))) => {
+            let registry = registry.clone();
+            let rows = tokio::task::spawn_blocking(move || {
+                parse::<RegisterRequest>(&body).and_then(|request| registry.rows(&request))
+            })
+            .await;
+            match rows {
+                Ok(Ok(rows)) => state.run(Work::Register(rows)).await,
+                Ok(Err(e)) => refused(&e),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "body", e.to_string()),
+            }
+        }
+    };
+    state.metrics.answered(
+        "register",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 async fn health() -> Response {
@@ -218,6 +274,7 @@ mod tests {
             inputs: Arc::new(inputs),
             scheduler,
             metrics,
+            registry: None,
         };
         (router(Arc::new(state)), worker)
     }

@@ -1,7 +1,7 @@
 //! Requests → token ids and routing rows, checked against the served tasks and the [`Limits`]. Runs on the
 //! request's side (not the model worker), so a bad request is refused without waiting in the queue.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use mhr_core::TaskMap;
 use mhr_data::{EncodedChoices, TextTokenizer};
@@ -63,8 +63,8 @@ pub struct ScoreJob {
 /// The tokenizer, the served tasks and the limits.
 pub struct Inputs {
     tokenizer: Arc<dyn TextTokenizer>,
-    /// `None`: the adapter does not route by task, and requests name none.
-    tasks: Option<TaskMap>,
+    /// `None`: the adapter does not route by task, and requests name none. Written by task registration.
+    tasks: Option<RwLock<TaskMap>>,
     limits: Limits,
 }
 
@@ -103,7 +103,7 @@ impl Inputs {
         }
         Ok(Self {
             tokenizer,
-            tasks,
+            tasks: tasks.map(RwLock::new),
             limits,
         })
     }
@@ -117,8 +117,35 @@ impl Inputs {
     }
 
     /// The task names requests may give (none when the adapter does not route by task).
-    pub fn task_names(&self) -> &[String] {
-        self.tasks.as_ref().map_or(&[], |t| t.names())
+    pub fn task_names(&self) -> Vec<String> {
+        self.tasks.as_ref().map_or_else(Vec::new, |t| {
+            t.read().unwrap_or_else(PoisonError::into_inner).names().to_vec()
+        })
+    }
+
+    /// The routing row of `name`: its own when served (`true`), else the next free one (`false`).
+    pub fn task_row(&self, name: &str) -> Result<(usize, bool), RequestError> {
+        let tasks = self.tasks.as_ref().ok_or_else(|| {
+            RequestError::unprocessable("path", "the served adapter does not route by task")
+        })?;
+        let tasks = tasks.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(match tasks.names().iter().position(|n| n == name) {
+            Some(row) => (row, true),
+            None => (tasks.len(), false),
+        })
+    }
+
+    /// Serves `name` (its row already in the model's routers).
+    pub fn add_task(&self, name: &str) -> Result<usize, ServeError> {
+        let Some(tasks) = &self.tasks else {
+            return Err(ServeError::Config(
+                "the served adapter does not route by task".into(),
+            ));
+        };
+        let mut tasks = tasks.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(tasks
+            .extend([name.to_string()])
+            .map_err(|e| ServeError::Config(e.to_string()))?[0])
     }
 
     pub fn routed(&self) -> bool {
@@ -128,9 +155,12 @@ impl Inputs {
     /// The routing row of `task`: required and known for a routed adapter, absent otherwise.
     pub fn task_id(&self, task: Option<&str>) -> Result<usize, RequestError> {
         match (&self.tasks, task) {
-            (Some(tasks), Some(name)) => tasks
-                .id(name)
-                .map_err(|_| RequestError::unknown_task(name, tasks.len())),
+            (Some(tasks), Some(name)) => {
+                let tasks = tasks.read().unwrap_or_else(PoisonError::into_inner);
+                tasks
+                    .id(name)
+                    .map_err(|_| RequestError::unknown_task(name, tasks.len()))
+            }
             (Some(_), None) => Err(RequestError::invalid(
                 "task",
                 "required: the adapter routes by task",

@@ -6,6 +6,7 @@
 //! - [`inputs::Inputs`]: text → checked token ids and routing rows (tokenizer, task names, [`Limits`]);
 //! - [`engine::Engine`]: the model, running one padded batch of mixed tasks (generation or scoring);
 //! - [`scheduler`]: the bounded queue, and the worker that gathers requests of any tasks into batches;
+//! - [`registry`]: tasks registered while serving (a `-z` adaptation is one routing row per layer);
 //! - [`http`]: the axum routes, `/metrics` and graceful shutdown.
 //!
 //! `mhr generate --inputs` and `mhr score --inputs` run the same [`Inputs`] and [`Engine`] offline.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod inputs;
 pub mod metrics;
+pub mod registry;
 pub mod scheduler;
 
 pub use engine::{Decoding, Engine};

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use burn::prelude::Backend;
 use tokio::sync::oneshot;
 
-use crate::api::{GenerateResponse, Generated, ScoreResponse};
+use crate::api::{GenerateResponse, Generated, RegisteredResponse, ScoreResponse};
 use crate::engine::{Decoding, Engine, Row};
 use crate::error::ServeError;
 use crate::inputs::{GenerateJob, Inputs, ScoreJob};
 use crate::metrics::Metrics;
+use crate::registry::RoutingRows;
 
 /// When the worker runs a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,8 @@ impl Default for BatchPolicy {
 pub enum Work {
     Generate(GenerateJob),
     Score(ScoreJob),
+    /// Put a task's routing rows into the model: between batches, alone.
+    Register(RoutingRows),
 }
 
 impl Work {
@@ -50,14 +53,16 @@ impl Work {
         match self {
             Work::Generate(job) => job.sources.len(),
             Work::Score(job) => job.example.choices.len(),
+            Work::Register(_) => 1,
         }
     }
 
-    /// Requests of the same key may share a batch.
-    fn batch_key(&self) -> Option<Decoding> {
+    /// Requests of the same key may share a batch; a registration shares none.
+    fn batch_key(&self) -> Option<Option<Decoding>> {
         match self {
-            Work::Generate(job) => Some(job.decoding.batch_key()),
-            Work::Score(_) => None,
+            Work::Generate(job) => Some(Some(job.decoding.batch_key())),
+            Work::Score(_) => Some(None),
+            Work::Register(_) => None,
         }
     }
 }
@@ -67,6 +72,7 @@ impl Work {
 pub enum Answer {
     Generated(GenerateResponse),
     Scored(ScoreResponse),
+    Registered(RegisteredResponse),
 }
 
 /// Why a request was not queued.
@@ -154,13 +160,13 @@ impl Scheduler {
 
 impl Worker {
     /// Answers requests until the queue is closed and drained.
-    pub fn run<B: Backend>(self, engine: &Engine<B>, inputs: &Inputs) {
+    pub fn run<B: Backend>(self, engine: &mut Engine<B>, inputs: &Inputs) {
         work(engine, inputs, &self.policy, &self.metrics, &self.receiver);
     }
 }
 
 fn work<B: Backend>(
-    engine: &Engine<B>,
+    engine: &mut Engine<B>,
     inputs: &Inputs,
     policy: &BatchPolicy,
     metrics: &Metrics,
@@ -192,8 +198,17 @@ fn work<B: Backend>(
                 Err(RecvTimeoutError::Disconnected) => open = false,
             }
         }
-        let batch = next_batch(&mut pending, policy.max_batch);
-        run_batch(engine, inputs, metrics, batch);
+        let mut batch = next_batch(&mut pending, policy.max_batch);
+        match batch.pop_if(|q| matches!(q.work, Work::Register(_))) {
+            Some(Queued {
+                work: Work::Register(rows),
+                reply,
+            }) => {
+                let registered = register(engine, inputs, &rows).map(Answer::Registered);
+                let _ = reply.send(registered.map_err(|e| e.to_string()));
+            }
+            _ => run_batch(engine, inputs, metrics, batch),
+        }
     }
 }
 
@@ -202,12 +217,14 @@ fn next_batch(pending: &mut VecDeque<Queued>, max_batch: usize) -> Vec<Queued> {
     let Some(first) = pending.pop_front() else {
         return Vec::new();
     };
-    let key = first.work.batch_key();
+    let Some(key) = first.work.batch_key() else {
+        return vec![first];
+    };
     let mut rows = first.work.rows();
     let mut batch = vec![first];
     let mut rest = VecDeque::with_capacity(pending.len());
     for queued in pending.drain(..) {
-        if queued.work.batch_key() == key && rows + queued.work.rows() <= max_batch {
+        if queued.work.batch_key() == Some(key) && rows + queued.work.rows() <= max_batch {
             rows += queued.work.rows();
             batch.push(queued);
         } else {
@@ -243,6 +260,7 @@ fn run_batch<B: Backend>(engine: &Engine<B>, inputs: &Inputs, metrics: &Metrics,
         .map(|w| match w {
             Work::Generate(job) => job.sources.iter().map(Vec::len).sum(),
             Work::Score(job) => job.example.input_ids.len() * job.example.choices.len(),
+            Work::Register(_) => 0,
         })
         .sum();
     metrics.input_tokens.inc_by(input_tokens as u64);
@@ -266,6 +284,26 @@ fn run_batch<B: Backend>(engine: &Engine<B>, inputs: &Inputs, metrics: &Metrics,
     }
 }
 
+/// Serves `rows.name` with its routing rows: appended to the routers for a new name, replacing its row otherwise.
+pub fn register<B: Backend>(
+    engine: &mut Engine<B>,
+    inputs: &Inputs,
+    rows: &RoutingRows,
+) -> Result<RegisteredResponse, ServeError> {
+    let (task_id, replaced) = inputs
+        .task_row(&rows.name)
+        .map_err(|e| ServeError::Config(e.message))?;
+    engine.put_task(&rows.rows, task_id, !replaced)?;
+    if !replaced {
+        inputs.add_task(&rows.name)?;
+    }
+    Ok(RegisteredResponse {
+        task: rows.name.clone(),
+        task_id,
+        replaced,
+    })
+}
+
 /// Runs requests of one batch key as one model batch; answers in request order.
 fn answer<B: Backend>(
     engine: &Engine<B>,
@@ -276,7 +314,7 @@ fn answer<B: Backend>(
         .iter()
         .filter_map(|w| match w {
             Work::Generate(job) => Some(job),
-            Work::Score(_) => None,
+            _ => None,
         })
         .collect();
     if !generate.is_empty() {
@@ -289,7 +327,7 @@ fn answer<B: Backend>(
         .iter()
         .filter_map(|w| match w {
             Work::Score(job) => Some(job),
-            Work::Generate(_) => None,
+            _ => None,
         })
         .collect();
     Ok(score_jobs(engine, &score)?

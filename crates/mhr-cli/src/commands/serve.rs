@@ -4,17 +4,23 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
+use mhr_core::peft::PeftAdapter;
+use mhr_serve::api::RegisterRequest;
 use mhr_serve::http::{AppState, serve, shutdown_signal};
 use mhr_serve::metrics::Metrics;
+use mhr_serve::registry::{Candidate, Registry, TaskSource};
+use mhr_serve::scheduler::register;
 use mhr_serve::{BatchPolicy, Engine, Inputs, queue};
 
 use crate::commands::common::{ModelArgs, Prepared, catch_panics, check_sizes};
+use crate::commands::run_dir::{ADAPTER_DIR, Run, RunKind};
 use crate::commands::texts::TextArgs;
 use crate::device::{BackendTask, DeviceSpec, with_backend};
 
@@ -39,11 +45,59 @@ pub struct Args {
     /// The longest generation a request may ask for (and the default).
     #[arg(long, value_name = "N", default_value_t = mhr_serve::Limits::default().max_new_tokens)]
     pub max_new_tokens: usize,
+    /// Routing-only (-z) adaptations to serve from the start, each as its task (`mhr adapt` runs; a served name gets
+    /// the adapted routing row).
+    #[arg(long, value_name = "DIR", num_args = 1..)]
+    pub tasks: Vec<PathBuf>,
+    /// A file holding the bearer token of `POST /v1/tasks` (registration while serving); without it that is off.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The folders a registration names: an `mhr adapt` run (its `adapter/`, its task by default), or a peft folder
+/// whose row `task` names (a name of its `tasks.json`, else the row's number).
+struct AdaptationFolders;
+
+impl TaskSource for AdaptationFolders {
+    fn resolve(&self, path: &Path, task: Option<&str>) -> Result<Candidate, String> {
+        resolve(path, task).map_err(|e| format!("{e:#}"))
+    }
+}
+
+fn resolve(path: &Path, task: Option<&str>) -> Result<Candidate> {
+    if !path.is_dir() {
+        bail!("{}: not a directory", path.display());
+    }
+    let (folder, own_task) = if Run::is_run(path) {
+        let own_task = match Run::open(path)?.kind {
+            RunKind::Adapt(adapt, _) => Some(adapt.task),
+            RunKind::Pretrain => None,
+        };
+        (path.join(ADAPTER_DIR), own_task)
+    } else {
+        (path.to_path_buf(), None)
+    };
+    let adapter = PeftAdapter::load(&folder).with_context(|| path.display().to_string())?;
+    let name = task.map(String::from).or(own_task).ok_or_else(|| {
+        anyhow!(
+            "{}: not an `mhr adapt` run; name its routing row with `task`",
+            path.display()
+        )
+    })?;
+    let row = match &adapter.tasks {
+        Some(tasks) => tasks.id(&name).with_context(|| folder.display().to_string())?,
+        None => name
+            .parse()
+            .map_err(|_| anyhow!("{}: no tasks.json; give `task` as a row number", folder.display()))?,
+    };
+    Ok(Candidate { name, adapter, row })
 }
 
 struct ServeTask {
     prepared: Prepared,
     inputs: Inputs,
+    registry: Option<Arc<Registry>>,
+    tasks: Vec<PathBuf>,
     policy: BatchPolicy,
     addr: SocketAddr,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -55,7 +109,28 @@ impl BackendTask for ServeTask {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<()> {
         let model = self.prepared.load_model::<B::InnerBackend>(&device)?;
-        let engine = Engine::new(model, self.prepared.n_tasks.is_some())?;
+        let mut engine = Engine::new(model, self.prepared.n_tasks.is_some())?;
+        for dir in &self.tasks {
+            let registry = self
+                .registry
+                .as_ref()
+                .context("--tasks: the served adapter does not route by task")?;
+            let request = RegisterRequest {
+                path: dir.display().to_string(),
+                name: None,
+                task: None,
+            };
+            let rows = registry
+                .rows(&request)
+                .with_context(|| format!("--tasks {}", dir.display()))?;
+            let registered = register(&mut engine, &self.inputs, &rows)?;
+            eprintln!(
+                "mhr serve: task `{}` from {} (routing row {})",
+                registered.task,
+                dir.display(),
+                registered.task_id
+            );
+        }
         let metrics = Arc::new(Metrics::default());
         let (scheduler, worker) = queue(self.policy, metrics.clone())?;
         let inputs = Arc::new(self.inputs);
@@ -63,6 +138,7 @@ impl BackendTask for ServeTask {
             inputs: inputs.clone(),
             scheduler,
             metrics,
+            registry: self.registry,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -84,7 +160,7 @@ impl BackendTask for ServeTask {
         );
         (self.bound)(bound);
         // Returns once the server has stopped accepting and the queue is drained.
-        worker.run(&engine, &inputs);
+        worker.run(&mut engine, &inputs);
         let served = server
             .join()
             .map_err(|_| anyhow::anyhow!("the HTTP server panicked"))?;
@@ -122,6 +198,26 @@ pub fn serve_until(
         args.model.max_tensor_bytes(),
     )
     .context("a full batch (--max-batch inputs of --max-input-tokens)")?;
+    let token = match &args.token_file {
+        Some(path) => {
+            let token =
+                std::fs::read_to_string(path).with_context(|| format!("--token-file {}", path.display()))?;
+            let token = token.trim().to_string();
+            if token.is_empty() || token.contains(char::is_whitespace) {
+                bail!("--token-file {}: expected one token (no spaces)", path.display());
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let registry = match (&prepared.adapter, prepared.n_tasks) {
+        (Some((_, adapter)), Some(_)) => Some(Arc::new(Registry::new(
+            adapter.clone(),
+            Box::new(AdaptationFolders),
+            token,
+        ))),
+        _ => None,
+    };
     let spec = args.model.device;
     catch_panics(&format!("serving on `{spec}`"), || {
         with_backend(
@@ -129,6 +225,8 @@ pub fn serve_until(
             ServeTask {
                 prepared,
                 inputs,
+                registry,
+                tasks: args.tasks,
                 policy,
                 addr: args.addr,
                 shutdown: Box::pin(shutdown),

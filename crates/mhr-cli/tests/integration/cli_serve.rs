@@ -1,9 +1,8 @@
 //! Text in, text out: `mhr generate --inputs`, `mhr score --inputs` and `mhr serve` against the token-id path
 //! (`--batch`) on the MHR fixture, whose three routing rows are served as tasks "0", "1", "2".
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use mhr_data::{HfTokenizer, TextTokenizer};
 use serde_json::{Value, json};
@@ -335,75 +334,12 @@ fn text_inputs_refuse_bad_lines_naming_line_and_field() {
     }
 }
 
-/// A running `mhr serve`, stopped with SIGTERM on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let mut args = vec!["serve".to_string()];
-        args.extend(model_args());
-        args.extend(["--addr", "127.0.0.1:0"].map(String::from));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mhr"))
-            .args(&args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        // Keep reading so that the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, url }
-    }
-
-    fn post(&self, path: &str, body: &str) -> (u16, Value, Option<String>) {
-        let response = match ureq::post(&format!("{}{path}", self.url))
-            .set("Content-Type", "application/json")
-            .send_string(body)
-        {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(e) => panic!("{path}: {e}"),
-        };
-        let retry = response.header("retry-after").map(String::from);
-        (response.status(), response.into_json().unwrap(), retry)
-    }
-
-    fn get(&self, path: &str) -> String {
-        ureq::get(&format!("{}{path}", self.url))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap()
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
+/// `mhr serve` on the MHR fixture with `extra` flags.
+fn serve(extra: &[&str]) -> Server {
+    let mut args = vec!["serve".to_string()];
+    args.extend(model_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Server::start(&args)
 }
 
 /// The value of an unlabelled metric in `/metrics`.
@@ -430,7 +366,7 @@ fn concurrently(server: &Server, path: &str, bodies: Vec<String>) -> Vec<(u16, V
 fn server_batches_tasks_together_and_answers_as_offline() {
     let dir = tempfile::tempdir().unwrap();
     let offline = generate_texts(dir.path(), 1);
-    let server = Server::start(&[
+    let server = serve(&[
         "--max-batch",
         "4",
         "--max-wait-ms",
@@ -518,7 +454,7 @@ fn server_batches_tasks_together_and_answers_as_offline() {
 
 #[test]
 fn server_refuses_bad_requests_with_the_field_and_keeps_serving() {
-    let server = Server::start(&[
+    let server = serve(&[
         "--max-batch",
         "1",
         "--max-wait-ms",

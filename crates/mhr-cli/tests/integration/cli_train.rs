@@ -959,3 +959,129 @@ fn read_jsonl(path: impl AsRef<Path>) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// `mhr generate --inputs` of `texts` on task `task` with `--adapter adapter` (a run folder): the output lines.
+fn generate_texts(setup: &Setup, adapter: &str, task: &str, texts: &[&str]) -> Vec<serde_json::Value> {
+    let (inputs, out) = (
+        setup.path("texts.jsonl"),
+        setup.path(&format!("{adapter}-{task}.jsonl")),
+    );
+    let lines: String = texts
+        .iter()
+        .map(|t| format!("{}\n", serde_json::json!({"task": task, "input": t})))
+        .collect();
+    std::fs::write(&inputs, lines).unwrap();
+    let model = fixture("t5-v1_1");
+    assert_success(&mhr([
+        "generate",
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&setup.path(adapter)),
+        "--inputs",
+        s(&inputs),
+        "--max-new-tokens",
+        "6",
+        "--out",
+        s(&out),
+    ]));
+    read_jsonl(&out)
+}
+
+/// The tokens `server` generates for `texts` on `task`.
+fn served_tokens(server: &Server, task: &str, texts: &[&str]) -> Vec<serde_json::Value> {
+    let body = serde_json::json!({"task": task, "inputs": texts, "max_new_tokens": 6}).to_string();
+    let (status, answer, _) = server.post("/v1/generate", &body);
+    assert_eq!(status, 200, "{answer}");
+    answer["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["tokens"].clone())
+        .collect()
+}
+
+#[test]
+fn serve_registers_a_z_adaptation_as_its_routing_row() {
+    let setup = Setup::new();
+    assert_success(&setup.train("mhr", "pre", &[]));
+    let z = ["--method", "mhr-z", "--steps", "2", "--routing-lr", "1.0"];
+    assert_success(&adapt(&setup, "z", &z));
+    assert_success(&adapt(&setup, "full", &["--method", "mhr", "--steps", "1"]));
+    let texts = [
+        "Definition: Decide whether the second sentence follows from the first. Input: it rains. Output:",
+        "Input: the cat sleeps. Output:",
+    ];
+    // The adaptation itself, offline, on its task: what the server must answer once the task is registered.
+    let expected: Vec<serde_json::Value> = generate_texts(&setup, "z", HELD_OUT, &texts)
+        .iter()
+        .map(|line| line["tokens"].clone())
+        .collect();
+    let token = setup.path("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let model = fixture("t5-v1_1");
+    let serve = |extra: &[&str]| {
+        let mut args: Vec<String> = ["serve", "--model", s(&model), "--adapter", s(&setup.path("pre"))]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--max-wait-ms", "0", "--max-new-tokens", "6"].map(String::from));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Server::start(&args)
+    };
+    let server = serve(&["--token-file", s(&token)]);
+    let register =
+        |body: serde_json::Value, token: Option<&str>| server.post_as("/v1/tasks", &body.to_string(), token);
+    let tasks =
+        |server: &Server| -> serde_json::Value { serde_json::from_str(&server.get("/v1/tasks")).unwrap() };
+    assert_eq!(tasks(&server)["tasks"].as_array().unwrap().len(), 3);
+    let z_body = serde_json::json!({"path": setup.path("z"), "name": "held-z"});
+    for token in [None, Some("wrong")] {
+        let (status, answer, _) = register(z_body.clone(), token);
+        assert_eq!(
+            (status, answer["error"]["field"].as_str()),
+            (401, Some("authorization")),
+            "{answer}"
+        );
+    }
+    // A new name: one routing row appended, which routes as the adaptation's own row.
+    let (status, answer, _) = register(z_body, Some("s3cret"));
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        answer,
+        serde_json::json!({"task": "held-z", "task_id": 3, "replaced": false})
+    );
+    assert_eq!(tasks(&server)["tasks"][3], "held-z");
+    assert_eq!(served_tokens(&server, "held-z", &texts), expected);
+    // The run's own task (row 0 of the pre-training, untrained there): its row replaced.
+    let (status, answer, _) = register(serde_json::json!({"path": setup.path("z")}), Some("s3cret"));
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        answer,
+        serde_json::json!({"task": HELD_OUT, "task_id": 0, "replaced": true})
+    );
+    assert_eq!(served_tokens(&server, HELD_OUT, &texts), expected);
+    // An adaptation that trained the skills is a full adapter, not a routing row; a folder that is not there.
+    let (status, answer, _) = register(serde_json::json!({"path": setup.path("full")}), Some("s3cret"));
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (422, Some("path")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("skills at"),
+        "{answer}"
+    );
+    let (status, answer, _) = register(serde_json::json!({"path": setup.path("none")}), Some("s3cret"));
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("path")),
+        "{answer}"
+    );
+    assert!(server.stop().success());
+    // `--tasks` at start: the same row, without a token (registration over HTTP is then off).
+    let server = serve(&["--tasks", s(&setup.path("z"))]);
+    assert_eq!(served_tokens(&server, HELD_OUT, &texts), expected);
+    let (status, answer, _) = server.post_as("/v1/tasks", "{}", Some("s3cret"));
+    assert_eq!(status, 403, "{answer}");
+    assert!(server.stop().success());
+}

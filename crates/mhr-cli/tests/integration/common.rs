@@ -4,8 +4,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
 
 /// `$MHR_SHARED`, or the `shared/` folder beside the repository.
 pub fn shared() -> PathBuf {
@@ -203,4 +206,87 @@ pub fn batch_of(reference: &BTreeMap<String, Tensor>) -> Vec<(&'static str, Tens
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A running `mhr serve`, stopped with SIGTERM on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    /// `mhr ARGS --addr 127.0.0.1:0`, once it listens.
+    pub fn start(args: &[String]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mhr"))
+            .args(args)
+            .args(["--addr", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        // Lines before the address (tasks registered at start) are skipped.
+        let mut seen = String::new();
+        let url = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                let _ = child.kill();
+                panic!("mhr serve exited without listening: {seen}");
+            }
+            if line.contains("listening on") {
+                let url = line.split_whitespace().find(|w| w.starts_with("http://"));
+                break url.unwrap().to_string();
+            }
+            seen.push_str(&line);
+        };
+        // Keep reading so that the server never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self { child, url }
+    }
+
+    /// Status, JSON body and `Retry-After` of a POST.
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value, Option<String>) {
+        self.post_as(path, body, None)
+    }
+
+    /// A POST with `Authorization: Bearer TOKEN` when `token` is given.
+    pub fn post_as(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value, Option<String>) {
+        let mut request = ureq::post(&format!("{}{path}", self.url)).set("Content-Type", "application/json");
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let response = match request.send_string(body) {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => panic!("{path}: {e}"),
+        };
+        let retry = response.header("retry-after").map(String::from);
+        (response.status(), response.into_json().unwrap(), retry)
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        ureq::get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
 }
