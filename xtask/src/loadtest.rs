@@ -1,8 +1,9 @@
 //! `cargo xtask loadtest`: a real HTTP client against `mhr serve` started in this process on 127.0.0.1, bounded in
-//! requests and time. The same requests (inputs cycled from `--inputs` or built-in prompts) run three ways:
-//! one client sending one request at a time (mixed tasks), N concurrent clients over M tasks, and N concurrent
-//! clients on one task. Reports throughput and p50/p99 latency of each, and the ratios the serving targets are
-//! about (docs/serving.md). With `--peer-python`, the same requests also run through transformers + peft
+//! requests and time. The same requests (inputs cycled from `--inputs` or built-in prompts) run four ways:
+//! one client sending one request at a time (mixed tasks), N concurrent clients over M tasks, N concurrent
+//! clients on one task, and the same on a server started with `--merge-hot-task`. Reports throughput and p50/p99 latency of each, and the ratios the serving targets are
+//! about (docs/serving.md). Every distinct request's answer is checked against `mhr generate --inputs` run offline on
+//! the same model. With `--peer-python`, the same requests also run through transformers + peft
 //! (`scripts/peer_serve.py`), batched by the same `--max-batch`.
 
 use std::net::SocketAddr;
@@ -38,8 +39,9 @@ pub struct LoadtestArgs {
     /// Concurrent clients of the concurrent runs.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
-    /// Requests of each run.
-    #[arg(long, default_value_t = 256)]
+    /// Requests of each run (runs of a few seconds, as 1024 requests are on the fixture, vary by ±10 % in their
+    /// ratios).
+    #[arg(long, default_value_t = 4096)]
     pub requests: usize,
     /// Each run stops after this many seconds even if requests are left.
     #[arg(long, default_value_t = 120)]
@@ -149,43 +151,83 @@ pub fn run(args: LoadtestArgs) -> Result<()> {
         queue: mhr_serve::BatchPolicy::default().queue_capacity,
         max_new_tokens: args.max_new_tokens,
         tasks: Vec::new(),
+        merge_hot_task: false,
         token_file: Some(args.out.join(TOKEN_FILE)),
     };
     mhr_core::io::write_atomic(args.out.join(TOKEN_FILE), TOKEN.as_bytes())?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        serve::serve_until(
-            serve_args,
-            async {
-                let _ = stopped.await;
-            },
-            move |addr| {
-                let _ = bound_tx.send(addr);
-            },
-        )
-    });
-    let Ok(addr) = bound_rx.recv() else {
-        return match server.join() {
-            Ok(result) => result,
-            Err(_) => bail!("the server panicked while starting"),
-        };
+    let Some(adapter) = adapter else {
+        bail!("give --adapter: the load test serves a routed adapter's tasks");
     };
-    let outcome = match &adapter {
-        Some(adapter) => measure(&args, addr, adapter),
-        None => Err(anyhow::anyhow!(
-            "give --adapter: the load test serves a routed adapter's tasks"
-        )),
+    let hot_args = ServeArgs {
+        merge_hot_task: true,
+        token_file: None,
+        ..serve_args.clone()
     };
-    let _ = stop.send(());
-    let served = server
-        .join()
-        .map_err(|_| anyhow::anyhow!("the server panicked"))?;
-    let (runs, tasks, registered) = outcome?;
-    served?;
-    // After the server has stopped: the peer has the machine to itself, as the server had.
-    let peer = peer(&args, &model, adapter.as_deref(), tokenizer.as_deref())?;
-    report(&args, &runs, tasks, peer.as_ref(), registered.as_ref())
+    let offline = (serve_args.model.clone(), serve_args.text.clone());
+    let server = Server::start(serve_args)?;
+    let outcome = measure(&args, server.addr, &adapter);
+    server.stop()?;
+    let Measurements {
+        mut runs,
+        tasks,
+        registered,
+        answers,
+    } = outcome?;
+    let equal_offline = check_offline(&args, offline, &answers)?;
+    let server = Server::start(hot_args)?;
+    let merged = measure_merged(&args, server.addr);
+    server.stop()?;
+    runs.push(merged?);
+    // After the servers have stopped: the peer has the machine to itself, as the server had.
+    let peer = peer(&args, &model, Some(adapter.as_path()), tokenizer.as_deref())?;
+    report(
+        &args,
+        &runs,
+        tasks,
+        peer.as_ref(),
+        registered.as_ref(),
+        equal_offline,
+    )
+}
+
+/// `mhr serve` running on a thread of this process until [`Server::stop`].
+struct Server {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+impl Server {
+    fn start(args: ServeArgs) -> Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            serve::serve_until(
+                args,
+                async {
+                    let _ = stopped.await;
+                },
+                move |addr| {
+                    let _ = bound_tx.send(addr);
+                },
+            )
+        });
+        match bound_rx.recv() {
+            Ok(addr) => Ok(Self { addr, stop, thread }),
+            Err(_) => match thread.join() {
+                Ok(result) => result.and_then(|()| bail!("the server stopped before listening")),
+                Err(_) => bail!("the server panicked while starting"),
+            },
+        }
+    }
+
+    /// Stops accepting, waits for the answers in flight.
+    fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the server panicked"))?
+    }
 }
 
 /// (task, input) of the requests, cycled by every run, and the served task names (routing-row order; `[None]`
@@ -335,12 +377,18 @@ fn peer(
     ))
 }
 
-/// The three runs against the server at `addr`.
-fn measure(
-    args: &LoadtestArgs,
-    addr: SocketAddr,
-    adapter: &Path,
-) -> Result<(Vec<Measured>, usize, Option<Value>)> {
+/// What the server started first measured.
+struct Measurements {
+    runs: Vec<Measured>,
+    /// Distinct tasks of the requests.
+    tasks: usize,
+    registered: Option<Value>,
+    /// Each distinct request with its generated tokens.
+    answers: Vec<(Request, Value)>,
+}
+
+/// The three runs against the server at `addr`, then each distinct request once more with its answer.
+fn measure(args: &LoadtestArgs, addr: SocketAddr, adapter: &Path) -> Result<Measurements> {
     let (requests, names) = requests(args, addr)?;
     write_requests(args, &requests, &names)?;
     let url = format!("http://{addr}");
@@ -349,11 +397,7 @@ fn measure(
         .map(|(t, _)| t.clone())
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    let one_task = requests[0].0.clone();
-    let single: Vec<Request> = requests
-        .iter()
-        .map(|(_, input)| (one_task.clone(), input.clone()))
-        .collect();
+    let single = one_task(&requests);
     // Warm-up: the first batch pays one-off costs (allocations, kernel compilation on a GPU).
     load(&url, &requests, args, 1, "warm-up", args.requests.min(8))?;
     let runs = vec![
@@ -361,8 +405,101 @@ fn measure(
         load(&url, &requests, args, args.clients, "mixed tasks", args.requests)?,
         load(&url, &single, args, args.clients, "one task", args.requests)?,
     ];
+    let answers = requests
+        .iter()
+        .map(|request| Ok((request.clone(), generate(&url, request, args.max_new_tokens)?)))
+        .collect::<Result<Vec<_>>>()?;
     let registered = register_tasks(args, &url, adapter, &names[0])?;
-    Ok((runs, tasks, registered))
+    Ok(Measurements {
+        runs,
+        tasks,
+        registered,
+        answers,
+    })
+}
+
+/// `request`'s generated tokens.
+fn generate(url: &str, (task, input): &Request, max_new_tokens: usize) -> Result<Value> {
+    let mut body = json!({"input": input, "max_new_tokens": max_new_tokens});
+    if let Some(task) = task {
+        body["task"] = json!(task);
+    }
+    let answer: Value = ureq::post(&format!("{url}/v1/generate"))
+        .send_json(body)?
+        .into_json()?;
+    Ok(answer["outputs"][0]["tokens"].clone())
+}
+
+/// Checks the `served` answers against `mhr generate --inputs` on the same model (its default batches of mixed
+/// tasks); returns how many were compared.
+fn check_offline(
+    args: &LoadtestArgs,
+    (model, text): (ModelArgs, TextArgs),
+    served: &[(Request, Value)],
+) -> Result<usize> {
+    let inputs = args.out.join("offline-inputs.jsonl");
+    let lines: String = served
+        .iter()
+        .map(|((task, input), _)| format!("{}\n", json!({"task": task, "input": input})))
+        .collect();
+    mhr_core::io::write_atomic(&inputs, lines.as_bytes())?;
+    let out = args.out.join("offline.jsonl");
+    mhr_cli::commands::generate::run(mhr_cli::commands::generate::Args {
+        model,
+        batch: None,
+        inputs: Some(inputs),
+        text,
+        batch_size: 16,
+        max_new_tokens: args.max_new_tokens,
+        num_beams: 1,
+        out: out.clone(),
+    })
+    .context("mhr generate --inputs (offline)")?;
+    let offline = std::fs::read_to_string(&out)?;
+    if offline.lines().count() != served.len() {
+        bail!(
+            "{}: {} lines for {} requests",
+            out.display(),
+            offline.lines().count(),
+            served.len()
+        );
+    }
+    for (i, (line, (request, tokens))) in offline.lines().zip(served).enumerate() {
+        let line: Value = serde_json::from_str(line)?;
+        if line["tokens"] != *tokens {
+            bail!(
+                "request {i} {request:?}: served {tokens}, mhr generate --inputs {}",
+                line["tokens"]
+            );
+        }
+    }
+    eprintln!("outputs equal mhr generate --inputs on {} requests", served.len());
+    Ok(served.len())
+}
+
+/// The requests, all on the first one's task.
+fn one_task(requests: &[Request]) -> Vec<Request> {
+    let task = requests[0].0.clone();
+    requests
+        .iter()
+        .map(|(_, input)| (task.clone(), input.clone()))
+        .collect()
+}
+
+/// The one-task run against a server started with `--merge-hot-task`.
+fn measure_merged(args: &LoadtestArgs, addr: SocketAddr) -> Result<Measured> {
+    let (requests, _) = requests(args, addr)?;
+    let single = one_task(&requests);
+    let url = format!("http://{addr}");
+    load(&url, &single, args, 1, "warm-up", args.requests.min(8))?;
+    load(
+        &url,
+        &single,
+        args,
+        args.clients,
+        "one task, merged weights",
+        args.requests,
+    )
 }
 
 fn metric(url: &str, name: &str) -> Result<f64> {
@@ -468,11 +605,13 @@ fn report(
     tasks: usize,
     peer: Option<&Value>,
     registered: Option<&Value>,
+    equal_offline: usize,
 ) -> Result<()> {
-    let [alone, mixed, single] = runs else {
-        bail!("expected three runs");
+    let [alone, mixed, single, merged] = runs else {
+        bail!("expected four runs");
     };
     let mixed_over_single = mixed.per_second() / single.per_second();
+    let merged_over_single = merged.per_second() / single.per_second();
     let mixed_over_alone = mixed.per_second() / alone.per_second();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let json = json!({
@@ -485,6 +624,8 @@ fn report(
         "runs": runs.iter().map(Measured::json).collect::<Vec<_>>(),
         "mixed_over_one_task": mixed_over_single,
         "mixed_over_one_at_a_time": mixed_over_alone,
+        "merged_over_one_task": merged_over_single,
+        "requests_equal_to_offline": equal_offline,
         "python_peer": peer.cloned().unwrap_or_else(|| json!("not measured")),
         "registered_tasks": registered.cloned().unwrap_or_else(|| json!("not measured")),
     });
@@ -533,7 +674,9 @@ fn report(
     };
     md.push_str(&format!(
         "\nMixed tasks / one task: {mixed_over_single:.2}x (target >= 0.9). Mixed tasks at {} clients / one at a \
-         time: {mixed_over_alone:.2}x (target >= 4); {peer_line}.\n",
+         time: {mixed_over_alone:.2}x (target >= 4); {peer_line}. One task on merged weights / one task: \
+         {merged_over_single:.2}x. Answers equal to `mhr generate --inputs`: {equal_offline} of {equal_offline} \
+         distinct requests.\n",
         args.clients
     ));
     if let Some(r) = registered {

@@ -13,9 +13,10 @@ use burn::prelude::*;
 use crate::adapted_linear::{AdaptedLinear, Adapter};
 use crate::config::{AdapterConfig, RoutingConfig};
 use crate::error::CoreError;
-use crate::peft::{PeftAdapter, TargetModules};
+use crate::peft::{PeftAdapter, PeftKind, TargetModules};
 use crate::router::PolyRouter;
 use crate::sharing::{SharedRouters, SiteRouter};
+use crate::tasks::TaskMap;
 
 /// A Burn model that carries adapter sites.
 ///
@@ -192,6 +193,24 @@ pub trait AdapterHost<B: Backend>: Module<B> + Sized {
             Some(e) => Err(e),
             None => Ok(adapters),
         }
+    }
+
+    /// The model's adapters as a peft folder's contents (`None` without adapters); a routed adapter names its
+    /// routing rows with `tasks`.
+    fn peft_adapter(
+        &self,
+        tasks: &TaskMap,
+        base_model: Option<&str>,
+    ) -> Result<Option<PeftAdapter>, CoreError> {
+        let modules = self.per_layer_adapters()?;
+        if modules.is_empty() {
+            return Ok(None);
+        }
+        let mut adapter = PeftAdapter::from_adapters(&modules, base_model)?;
+        if matches!(adapter.config.kind, PeftKind::Poly { .. }) {
+            adapter.tasks = Some(tasks.clone());
+        }
+        Ok(Some(adapter))
     }
 }
 

@@ -383,6 +383,49 @@ impl SyntheticVocab {
         letters.chars().map(|c| self.letter_id(c)).collect()
     }
 
+    /// This vocabulary as a transformers `tokenizer.json`, so that a model of the suite takes text: `[rev>sort] abcd`
+    /// encodes as [`Self::encode_task_input`] does (whitespace is ignored; `[rev]` is a skill token), and generated
+    /// ids decode to their letters. A character outside the vocabulary is an encoding error (there is no unknown
+    /// token).
+    pub fn tokenizer_json(&self) -> serde_json::Value {
+        let mut vocab = serde_json::Map::new();
+        let mut add = |token: String, id: u32| vocab.insert(token, id.into());
+        add("<pad>".into(), Self::PAD);
+        add("</s>".into(), Self::EOS);
+        for c in ALPHABET.chars() {
+            add(c.to_string(), self.letter_id(c).expect("the alphabet's letters"));
+        }
+        for skill in Skill::ALL {
+            add(format!("[{}]", skill.name()), self.skill_id(skill));
+        }
+        for task in SyntheticSuite::new().tasks() {
+            add(format!("[{}]", task.name()), self.task_id(task));
+        }
+        let special = |id: u32, content: &str| {
+            serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+                "normalized": false, "special": true})
+        };
+        let sequence = |id: &str| serde_json::json!({"Sequence": {"id": id, "type_id": 0}});
+        let eos = serde_json::json!({"SpecialToken": {"id": "</s>", "type_id": 0}});
+        serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [special(Self::PAD, "<pad>"), special(Self::EOS, "</s>")],
+            "normalizer": {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": ""},
+            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\\[[^\\]]*\\]|."}, "behavior": "Isolated",
+                "invert": false},
+            "post_processor": {
+                "type": "TemplateProcessing",
+                "single": [sequence("A"), eos.clone()],
+                "pair": [sequence("A"), eos.clone(), sequence("B"), eos],
+                "special_tokens": {"</s>": {"id": "</s>", "ids": [Self::EOS], "tokens": ["</s>"]}}
+            },
+            "decoder": {"type": "Fuse"},
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+        })
+    }
+
     /// Letters up to the first eos, after any leading pad (the decoder start). Any other non-letter id,
     /// a later pad included, becomes U+FFFD, so that such a prediction never equals a target: the
     /// reference's token-level exact match counts it wrong too.
@@ -409,6 +452,27 @@ fn id(index: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{HfTokenizer, TextTokenizer};
+
+    #[test]
+    fn the_tokenizer_encodes_and_decodes_as_the_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, SyntheticVocab.tokenizer_json().to_string()).unwrap();
+        let tokenizer = HfTokenizer::from_file(&path).unwrap();
+        assert_eq!(tokenizer.vocab_size(), SyntheticVocab.vocab_size());
+        let suite = SyntheticSuite::new();
+        for task in suite.tasks() {
+            let expected = SyntheticVocab.encode_task_input(task, "pond").unwrap();
+            let text = format!("[{}] p o n d", task.name());
+            assert_eq!(tokenizer.encode(&text, true).unwrap(), expected, "{text}");
+        }
+        let skill = SyntheticVocab.encode_skill_input(Skill::Mirror, "abc").unwrap();
+        assert_eq!(tokenizer.encode("[mirror]abc", true).unwrap(), skill);
+        let ids = SyntheticVocab.encode_target("abba").unwrap();
+        assert_eq!(tokenizer.decode(&ids).unwrap(), "abba");
+        assert!(tokenizer.encode("abz", true).is_err(), "z is not in the alphabet");
+    }
 
     /// The reference's task order (`itertools.permutations` minus the exclusions).
     const REFERENCE_TASK_NAMES: &str = "rev>sort rev>rotl rev>shift rev>dup rev>dropv rev>swap rev>mirror \

@@ -151,14 +151,11 @@ struct Decoding<'a, B: Backend> {
 
 impl<B: Backend> Decoding<'_, B> {
     /// Logits `[n, vocab]` of the token after each of the `n` equally long `sequences`.
-    fn next_logits(&mut self, sequences: &[Vec<i64>]) -> Tensor<B, 2> {
+    fn next_logits(&mut self, sequences: &[&[i64]]) -> Tensor<B, 2> {
         let device = self.encoder.last_hidden_state().device();
         let mut fresh = DecoderCache::new();
-        let (tokens, cache) = match &mut self.cache {
-            Some(cache) => (
-                sequences.iter().map(|s| s[s.len() - 1..].to_vec()).collect(),
-                cache,
-            ),
+        let (tokens, cache): (Vec<&[i64]>, _) = match &mut self.cache {
+            Some(cache) => (sequences.iter().map(|s| &s[s.len() - 1..]).collect(), cache),
             None => (sequences.to_vec(), &mut fresh),
         };
         let logits = self.model.decode_step(
@@ -172,24 +169,31 @@ impl<B: Backend> Decoding<'_, B> {
         to_dtype(logits.slice([0..n, t - 1..t, 0..v]).reshape([n, v]), DType::F32)
     }
 
-    /// Beam search moved row `i` of the next step to `rows[i]` of this one.
-    fn reorder(&mut self, rows: &[usize]) {
-        if let Some(cache) = &mut self.cache {
-            let device = self.encoder.last_hidden_state().device();
+    /// Row `i` of the next step continues row `cached[i]` of this one's cache (beam search's reordering);
+    /// `leaving`: the batch keeps only the input rows `rows` (in that order), finished sequences leave it.
+    fn select(&mut self, cached: &[usize], rows: Option<&[usize]>) {
+        let device = self.encoder.last_hidden_state().device();
+        let indices = |rows: &[usize]| {
             let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-            cache.select(Tensor::from_data(
-                TensorData::new(rows.clone(), [rows.len()]),
-                &device,
-            ));
+            Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), &device)
+        };
+        if let Some(cache) = &mut self.cache {
+            cache.select(indices(cached));
+        }
+        if let Some(rows) = rows {
+            let rows = indices(rows);
+            self.encoder = self.encoder.select(rows.clone());
+            self.ctx = self.ctx.select(rows).keeping_mixed_adapters();
         }
     }
 }
 
 /// `[rows, longest]` token ids, shorter rows right-padded with `pad`.
-fn tokens_tensor<B: Backend>(rows: &[Vec<i64>], pad: i64, device: &B::Device) -> Tensor<B, 2, Int> {
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+fn tokens_tensor<B: Backend>(rows: &[impl AsRef<[i64]>], pad: i64, device: &B::Device) -> Tensor<B, 2, Int> {
+    let width = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
     let data: Vec<i64> = rows
         .iter()
+        .map(AsRef::as_ref)
         .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(pad, width - r.len())))
         .collect();
     Tensor::from_data(TensorData::new(data, [rows.len(), width]), device)
@@ -267,7 +271,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         }
     }
 
-    /// Picks the most likely token at each step; a row that produced eos gets pad from then on.
+    /// Picks the most likely token at each step; a row that produced eos leaves the batch (and is padded with pad).
     pub fn greedy_search(
         &self,
         encoder: &EncoderOutput<B>,
@@ -280,16 +284,23 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         let c = self.config();
         let mut decoding = self.decoding(encoder.clone(), ctx.clone(), config.use_cache);
         let mut sequences = vec![vec![c.decoder_start_token_id]; b];
-        let mut unfinished = vec![true; b];
+        // The rows still decoding, in the order of the decoding batch.
+        let mut open: Vec<usize> = (0..b).collect();
         for _ in 0..config.max_new_tokens {
-            let next = crate::t5::host_ints(&decoding.next_logits(&sequences).argmax(1));
-            for ((sequence, token), open) in sequences.iter_mut().zip(next).zip(unfinished.iter_mut()) {
-                let token = if *open { token } else { c.pad_token_id };
-                sequence.push(token);
-                *open &= token != c.eos_token_id;
+            let prefixes: Vec<&[i64]> = open.iter().map(|&row| &sequences[row][..]).collect();
+            let next = crate::t5::host_ints(&decoding.next_logits(&prefixes).argmax(1));
+            for (&row, token) in open.iter().zip(next) {
+                sequences[row].push(token);
             }
-            if !unfinished.contains(&true) {
+            let staying: Vec<usize> = (0..open.len())
+                .filter(|&i| sequences[open[i]].last() != Some(&c.eos_token_id))
+                .collect();
+            if staying.is_empty() {
                 break;
+            }
+            if staying.len() < open.len() {
+                decoding.select(&staying, Some(&staying));
+                open = staying.iter().map(|&i| open[i]).collect();
             }
         }
         Ok(tokens_tensor(
@@ -303,7 +314,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
     /// best continuations of a row; those among the first `num_beams` that end in eos (or reach the length
     /// limit) compete for the row's `num_beams` finished slots with score `sum log p / len^length_penalty`,
     /// and the best unfinished `num_beams` continue. A row is done when its slots are full; the best finished
-    /// hypothesis is returned, padded with pad. (transformers 4.57 pads with eos instead when `pad_token_id`
+    /// hypothesis is returned, padded with pad. A done row leaves the batch. (transformers 4.57 pads with eos instead when `pad_token_id`
     /// is 0, a bug fixed upstream; the tokens before the padding are the same.)
     pub fn beam_search(
         &self,
@@ -330,19 +341,22 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
             done: false,
         };
         let mut finished = vec![vec![placeholder.clone(); k]; b];
+        // The rows not done, in the order of the decoding batch (`k` beams each).
+        let mut active: Vec<usize> = (0..b).collect();
         let mut cur_len = 1;
         while cur_len < max_length {
-            let log_probs: Vec<f32> = log_softmax(decoding.next_logits(&running), 1)
+            let prefixes: Vec<&[i64]> = running.iter().map(Vec::as_slice).collect();
+            let log_probs: Vec<f32> = log_softmax(decoding.next_logits(&prefixes), 1)
                 .into_data()
                 .iter::<f32>()
                 .collect();
             let (mut next_running, mut next_scores, mut origins) = (Vec::new(), Vec::new(), Vec::new());
             let mut every_candidate_stops = true;
             let length = (cur_len as f64).powf(config.length_penalty as f64) as f32;
-            for row in 0..b {
-                let beams = row * k..(row + 1) * k;
+            for (at, &row) in active.iter().enumerate() {
+                let beams = at * k..(at + 1) * k;
                 let candidates = top_candidates(
-                    &log_probs[row * k * vocab..(row + 1) * k * vocab],
+                    &log_probs[at * k * vocab..(at + 1) * k * vocab],
                     &running_scores[beams],
                     vocab,
                     keep,
@@ -353,7 +367,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
                     .collect();
                 every_candidate_stops &= stops.iter().all(|s| *s);
                 let extend = |x: &Candidate| {
-                    let mut tokens = running[row * k + x.beam].clone();
+                    let mut tokens = running[at * k + x.beam].clone();
                     tokens.push(x.token);
                     tokens
                 };
@@ -365,7 +379,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
                 for &i in order.iter().take(k) {
                     next_running.push(extend(&candidates[i]));
                     next_scores.push(live(i));
-                    origins.push(row * k + candidates[i].beam);
+                    origins.push(at * k + candidates[i].beam);
                 }
 
                 // Stopped continuations among the first `k` compete for the finished slots.
@@ -385,22 +399,41 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
                 merged.truncate(k);
                 finished[row] = merged;
             }
-            running = next_running;
-            running_scores = next_scores;
-            decoding.reorder(&origins);
             cur_len += 1;
-            if every_candidate_stops || finished.iter().all(|row| row.iter().all(|h| h.done)) {
+            let staying: Vec<usize> = (0..active.len())
+                .filter(|&at| !finished[active[at]].iter().all(|h| h.done))
+                .collect();
+            if every_candidate_stops || staying.is_empty() {
+                running = next_running;
                 break;
+            }
+            if staying.len() == active.len() {
+                decoding.select(&origins, None);
+                (running, running_scores) = (next_running, next_scores);
+            } else {
+                let beams: Vec<usize> = staying.iter().flat_map(|&at| at * k..(at + 1) * k).collect();
+                let cached: Vec<usize> = beams.iter().map(|&i| origins[i]).collect();
+                decoding.select(&cached, Some(&beams));
+                running = beams
+                    .iter()
+                    .map(|&i| std::mem::take(&mut next_running[i]))
+                    .collect();
+                running_scores = beams.iter().map(|&i| next_scores[i]).collect();
+                active = staying.iter().map(|&at| active[at]).collect();
             }
         }
         let best: Vec<Vec<i64>> = finished
             .iter()
             .enumerate()
-            .map(|(row, hyps)| {
-                hyps.iter()
-                    .find(|h| h.done)
-                    .map_or(&running[row * k], |h| &h.tokens)
-                    .clone()
+            .map(|(row, hyps)| match hyps.iter().find(|h| h.done) {
+                Some(h) => h.tokens.clone(),
+                None => {
+                    let at = active
+                        .iter()
+                        .position(|&r| r == row)
+                        .expect("a row not done is active");
+                    running[at * k].clone()
+                }
             })
             .collect();
         Ok(tokens_tensor(

@@ -10,12 +10,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use mhr_core::peft::TargetModules;
-use mhr_core::{AdapterHost, Method, RoutingMode, Stage};
+use mhr_core::{AdapterHost, Method, RoutingMode, Stage, TaskMap};
 use mhr_data::EncodedExample;
 use mhr_data::synthetic::{ComposedTask, Skill, SyntheticSuite, SyntheticVocab, sample_input};
 use mhr_models::{Precision, T5Config, T5ForConditionalGeneration};
@@ -393,21 +392,35 @@ pub struct SyntheticReport {
     pub markdown: String,
 }
 
-fn record_bytes<B: Backend, M: Module<B>>(model: &M) -> Result<Vec<u8>, TrainError> {
-    Recorder::<B>::record(
-        &NamedMpkBytesRecorder::<FullPrecisionSettings>::default(),
-        model.clone().into_record(),
-        (),
-    )
-    .map_err(|source| TrainError::Record {
-        what: "model".into(),
-        source,
-    })
+/// Exact match of a stage-2 model on the first [`STAGE2_EVAL_TASKS`] training tasks of `settings`' split (each routed
+/// by its own row), on their test inputs.
+pub fn stage2_exact_match<B: Backend>(
+    model: &Model<B>,
+    settings: &SyntheticSettings,
+) -> Result<BTreeMap<String, f64>, TrainError> {
+    let suite = SyntheticSuite::new();
+    let seeds = SeedStreams::of(settings);
+    let split = suite.split(settings.split_seed);
+    (split.train.iter().take(STAGE2_EVAL_TASKS))
+        .map(|&t| {
+            let task = &suite.tasks()[t];
+            let test = task_examples(task, settings.n_test, seeds.test(t))?;
+            let em = evaluate(model, TestSet::Targets(&test), 100)?.value;
+            Ok((task.name().to_string(), em))
+        })
+        .collect()
 }
 
+/// Where a run keeps its stage-1 base model (a transformers checkpoint folder) and its stage-2 adapters (a peft
+/// folder per family, routing rows named by the suite's tasks): `mhr serve --model OUT/base --adapter
+/// OUT/stage2/mhr` serves them, text in the form of [`SyntheticVocab::tokenizer_json`].
+pub const BASE_DIR: &str = "base";
+pub const STAGE2_DIR: &str = "stage2";
+const TOKENIZER_FILE: &str = "tokenizer.json";
+
 /// Stage 1, or its cached result under `cache` (what a seed worker loads after [`prepare`] trained it):
-/// `base/` holds `config.json`, `settings.json` and `model.mpk` (f32); trained anew when missing or stale. The
-/// base is returned in the settings' precision.
+/// `base/` is a transformers checkpoint folder (`config.json`, `model.safetensors` in f32, the suite's
+/// `tokenizer.json`) with the stage's `settings.json`; trained anew when missing or stale. The base is returned in the settings' precision.
 pub fn cached_base<B: AutodiffBackend>(
     settings: &SyntheticSettings,
     cache: &Path,
@@ -416,26 +429,19 @@ pub fn cached_base<B: AutodiffBackend>(
     let device = crate::home::<B>(devices)?;
     let seed = settings.base_seed;
     let seeds = SeedStreams::of(settings).base_stage();
-    let dir = cache.join("base");
+    let dir = cache.join(BASE_DIR);
     let config = base_config();
     let key = serde_json::json!({"steps": settings.base_steps, "batch": settings.base_batch, "lr": settings.base_lr, "seed": seed});
-    B::seed(device, seeds.init);
-    let fresh = Model::<B>::new(&config, device)?;
-    let model_path = dir.join("model.mpk");
     let cached_key = std::fs::read(dir.join("settings.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    if cached_key.as_ref() == Some(&key) && model_path.exists() {
-        let bytes = std::fs::read(&model_path).map_err(TrainError::io(&model_path))?;
-        let record = Recorder::<B>::load(
-            &NamedMpkBytesRecorder::<FullPrecisionSettings>::default(),
-            bytes,
-            device,
-        )
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", model_path.display())))?;
+    if cached_key.as_ref() == Some(&key) && dir.join(mhr_models::WEIGHTS_FILE).exists() {
+        let model = Model::<B>::load_as(&dir, settings.precision, device)?;
         eprintln!("stage 1: base model loaded from {}", dir.display());
-        return Ok(fresh.load_record(record).with_precision(settings.precision)?);
+        return Ok(model);
     }
+    B::seed(device, seeds.init);
+    let fresh = Model::<B>::new(&config, device)?;
     let model = Method::FullFinetune.trainable(Stage::Pretrain).apply(fresh);
     // The prototype's stage 1: 100 warm-up steps, then linear decay to 5 %, clipped at 1, no routing to sample.
     let mut config_train = stage(settings.base_steps, settings.base_batch, settings.base_lr);
@@ -470,9 +476,8 @@ pub fn cached_base<B: AutodiffBackend>(
         routing: false,
     }
     .apply(model);
-    std::fs::create_dir_all(&dir).map_err(TrainError::io(&dir))?;
-    mhr_core::io::write_atomic(&model_path, &record_bytes(&frozen)?)?;
-    write_json(&dir.join("config.json"), &config)?;
+    frozen.save_pretrained(&dir)?;
+    write_json(&dir.join(TOKENIZER_FILE), &SyntheticVocab.tokenizer_json())?;
     write_json(&dir.join("settings.json"), &key)?;
     Ok(frozen.with_precision(settings.precision)?)
 }
@@ -846,6 +851,7 @@ where
     keys.dedup();
     let mut pretrained: Vec<((Method, usize), Model<B>)> = Vec::new();
     let train_tasks: Vec<ComposedTask> = split.train.iter().map(|&t| suite.tasks()[t].clone()).collect();
+    let task_names = TaskMap::new(suite.tasks().iter().map(|t| t.name().to_string()).collect())?;
     for (method, rank) in keys {
         let sizes = sizes(settings, rank);
         let stage_seeds = seeds.pretraining();
@@ -873,6 +879,12 @@ where
             devices,
         )?;
         outcome.curves.push((family.clone(), trained.losses.clone()));
+        if let Some(adapter) = model
+            .valid()
+            .peft_adapter(&task_names, out.join(BASE_DIR).to_str())?
+        {
+            adapter.save(out.join(STAGE2_DIR).join(&family))?;
+        }
         let probe: Vec<(String, Vec<EncodedExample>)> = split
             .train
             .iter()
@@ -893,13 +905,7 @@ where
                 values: &aligned.cosine,
             }],
         )?;
-        let trained_tasks = split.train.iter().take(STAGE2_EVAL_TASKS).map(|&t| {
-            let task = &suite.tasks()[t];
-            let test = task_examples(task, settings.n_test, seeds.test(t))?;
-            let em = evaluate(&model.valid(), TestSet::Targets(&test), 100)?.value;
-            Ok((task.name().to_string(), em))
-        });
-        let scores = trained_tasks.collect::<Result<BTreeMap<_, _>, TrainError>>()?;
+        let scores = stage2_exact_match(&model.valid(), settings)?;
         eprintln!(
             "stage 2 {family}: exact match {:.3} on {} training tasks",
             mean_score(&scores),

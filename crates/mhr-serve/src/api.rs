@@ -61,7 +61,8 @@ pub struct ScoreResponse {
 /// `GET /v1/tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TasksResponse {
-    /// The task names requests may give, in routing-row order; empty when the adapter does not route by task.
+    /// The task names requests may give: the served adapter's routing rows in order, then the tasks registered
+    /// with an adapter of their own.
     pub tasks: Vec<String>,
     /// Whether requests must name a task.
     pub routed: bool,
@@ -81,13 +82,15 @@ pub struct RegisterRequest {
     pub task: Option<String>,
 }
 
-/// A registered task: its name and routing row; `replaced` when the name was served before (its row is the
-/// registered one now).
+/// A registered task: its name and routing row; `replaced` when the name was served before (it is served by the
+/// registered adaptation now); `own_adapter` when it is served by an adapter of its own rather than a routing row
+/// of the served one (`task_id` is then its row in that adapter).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisteredResponse {
     pub task: String,
     pub task_id: usize,
     pub replaced: bool,
+    pub own_adapter: bool,
 }
 
 /// One line of an `--inputs` file of `mhr generate` / `mhr score`.

@@ -2,8 +2,8 @@
 //!
 //! Every refusal is a JSON error naming the field (`{"error": {"field", "message"}}`): 400 for malformed or
 //! out-of-range requests, 401 for a registration without the bearer token (403 when registration is off), 404 for
-//! an unknown task or path, 413 for an over-long input, 422 for a task folder that is not a routing-only
-//! adaptation, 503 with `Retry-After` when the queue is full, 500 when the model failed on the batch.
+//! an unknown task or path, 413 for an over-long input, 422 for a registration the model cannot take (an adapter
+//! that does not fit it, a name served otherwise), 503 with `Retry-After` when the queue is full, 500 when the model failed on the batch.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,8 +31,7 @@ pub struct AppState {
     pub inputs: Arc<Inputs>,
     pub scheduler: Scheduler,
     pub metrics: Arc<Metrics>,
-    /// `None`: the adapter does not route by task; nothing registers.
-    pub registry: Option<Arc<Registry>>,
+    pub registry: Arc<Registry>,
 }
 
 /// The routes over `state`.
@@ -138,6 +137,7 @@ impl AppState {
             Ok(Ok(Answer::Generated(response))) => json(response),
             Ok(Ok(Answer::Scored(response))) => json(response),
             Ok(Ok(Answer::Registered(response))) => (StatusCode::CREATED, Json(response)).into_response(),
+            Ok(Ok(Answer::Refused(e))) => refused(&e),
             Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, "body", message),
             Err(_) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -185,22 +185,17 @@ async fn tasks(State(state): State<Arc<AppState>>) -> Response {
     })
 }
 
-/// `POST /v1/tasks`: reads the folder off the async threads, then puts the task's rows in between two batches.
+/// `POST /v1/tasks`: reads the folder off the async threads, then puts the task in between two batches.
 async fn register(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let response = match state.registry.as_ref().map(|r| (r, r.authorizes(authorization))) {
+    let response = match state.registry.authorizes(authorization) {
         None => error(
-            StatusCode::FORBIDDEN,
-            "path",
-            "the served adapter does not route by task: nothing registers".into(),
-        ),
-        Some((_, None)) => error(
             StatusCode::FORBIDDEN,
             "authorization",
             "registration is off: start mhr serve with --token-file".into(),
         ),
-        Some((_, Some(false))) => {
+        Some(false) => {
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
                 "authorization",
@@ -212,14 +207,14 @@ async fn register(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
             );
             response
         }
-        Some((registry, Some(true))) => {
-            let registry = registry.clone();
-            let rows = tokio::task::spawn_blocking(move || {
-                parse::<RegisterRequest>(&body).and_then(|request| registry.rows(&request))
+        Some(true) => {
+            let registry = state.registry.clone();
+            let registration = tokio::task::spawn_blocking(move || {
+                parse::<RegisterRequest>(&body).and_then(|request| registry.registration(&request))
             })
             .await;
-            match rows {
-                Ok(Ok(rows)) => state.run(Work::Register(rows)).await,
+            match registration {
+                Ok(Ok(registration)) => state.run(Work::Register(registration)).await,
                 Ok(Err(e)) => refused(&e),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "body", e.to_string()),
             }
@@ -261,6 +256,18 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
+    struct NoFolders;
+
+    impl crate::registry::TaskSource for NoFolders {
+        fn resolve(
+            &self,
+            path: &std::path::Path,
+            _: Option<&str>,
+        ) -> Result<crate::registry::Candidate, String> {
+            Err(format!("{}: no folders here", path.display()))
+        }
+    }
+
     /// A server whose model never answers (its worker is not run): its queue fills up.
     fn stalled(queue_capacity: usize) -> (Router, crate::scheduler::Worker) {
         let metrics = Arc::new(Metrics::default());
@@ -274,7 +281,7 @@ mod tests {
             inputs: Arc::new(inputs),
             scheduler,
             metrics,
-            registry: None,
+            registry: Arc::new(Registry::new(None, Box::new(NoFolders), None)),
         };
         (router(Arc::new(state)), worker)
     }

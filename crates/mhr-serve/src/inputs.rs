@@ -7,7 +7,7 @@ use mhr_core::TaskMap;
 use mhr_data::{EncodedChoices, TextTokenizer};
 
 use crate::api::{GenerateRequest, ScoreRequest};
-use crate::engine::Decoding;
+use crate::engine::{Decoding, Route};
 use crate::error::{RequestError, ServeError};
 
 /// What one request may ask for. Past a limit a request is refused with the field named, never truncated.
@@ -47,7 +47,7 @@ impl Default for Limits {
 /// A generation request, encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerateJob {
-    pub task_id: usize,
+    pub route: Route,
     /// Per input, its ids (ending in eos).
     pub sources: Vec<Vec<u32>>,
     pub decoding: Decoding,
@@ -56,15 +56,25 @@ pub struct GenerateJob {
 /// A scoring request, encoded: one example with every choice as a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScoreJob {
+    /// The example's `task_id` is the routing row of [`Route::row`].
+    pub adapter: Option<usize>,
     pub example: EncodedChoices,
     pub choices: Vec<String>,
+}
+
+/// The task names requests may give, written by task registration.
+#[derive(Debug)]
+struct Tasks {
+    /// The served adapter's routing rows; `None`: it does not route by task, and its requests name none.
+    routed: Option<TaskMap>,
+    /// Tasks with an adapter of their own (not a row of the served one), by registration.
+    own: Vec<(String, Route)>,
 }
 
 /// The tokenizer, the served tasks and the limits.
 pub struct Inputs {
     tokenizer: Arc<dyn TextTokenizer>,
-    /// `None`: the adapter does not route by task, and requests name none. Written by task registration.
-    tasks: Option<RwLock<TaskMap>>,
+    tasks: RwLock<Tasks>,
     limits: Limits,
 }
 
@@ -103,7 +113,10 @@ impl Inputs {
         }
         Ok(Self {
             tokenizer,
-            tasks: tasks.map(RwLock::new),
+            tasks: RwLock::new(Tasks {
+                routed: tasks,
+                own: Vec::new(),
+            }),
             limits,
         })
     }
@@ -116,61 +129,120 @@ impl Inputs {
         self.tokenizer.as_ref()
     }
 
-    /// The task names requests may give (none when the adapter does not route by task).
-    pub fn task_names(&self) -> Vec<String> {
-        self.tasks.as_ref().map_or_else(Vec::new, |t| {
-            t.read().unwrap_or_else(PoisonError::into_inner).names().to_vec()
-        })
+    fn tasks(&self) -> std::sync::RwLockReadGuard<'_, Tasks> {
+        self.tasks.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The routing row of `name`: its own when served (`true`), else the next free one (`false`).
+    /// The task names requests may give: the served adapter's routing rows in order, then the tasks with their own
+    /// adapter.
+    pub fn task_names(&self) -> Vec<String> {
+        let tasks = self.tasks();
+        let routed = tasks.routed.as_ref().map_or(&[][..], TaskMap::names);
+        routed
+            .iter()
+            .chain(tasks.own.iter().map(|(name, _)| name))
+            .cloned()
+            .collect()
+    }
+
+    /// Where a registration of `name` as a routing row of the served adapter goes: its own row when served
+    /// (`true`), else the next free one (`false`).
     pub fn task_row(&self, name: &str) -> Result<(usize, bool), RequestError> {
-        let tasks = self.tasks.as_ref().ok_or_else(|| {
+        let tasks = self.tasks();
+        let routed = tasks.routed.as_ref().ok_or_else(|| {
             RequestError::unprocessable("path", "the served adapter does not route by task")
         })?;
-        let tasks = tasks.read().unwrap_or_else(PoisonError::into_inner);
-        Ok(match tasks.names().iter().position(|n| n == name) {
+        if tasks.own.iter().any(|(own, _)| own == name) {
+            return Err(RequestError::unprocessable(
+                "name",
+                format!("task `{name}` is served by an adapter of its own; register it under another name"),
+            ));
+        }
+        Ok(match routed.names().iter().position(|n| n == name) {
             Some(row) => (row, true),
-            None => (tasks.len(), false),
+            None => (routed.len(), false),
         })
     }
 
-    /// Serves `name` (its row already in the model's routers).
+    /// Serves `name` at a routing row of the served adapter (its row already in the model's routers).
     pub fn add_task(&self, name: &str) -> Result<usize, ServeError> {
-        let Some(tasks) = &self.tasks else {
+        let mut tasks = self.tasks.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(routed) = &mut tasks.routed else {
             return Err(ServeError::Config(
                 "the served adapter does not route by task".into(),
             ));
         };
-        let mut tasks = tasks.write().unwrap_or_else(PoisonError::into_inner);
-        Ok(tasks
+        Ok(routed
             .extend([name.to_string()])
             .map_err(|e| ServeError::Config(e.to_string()))?[0])
     }
 
-    pub fn routed(&self) -> bool {
-        self.tasks.is_some()
+    /// The adapter a registration of `name` with an adapter of its own goes to: its own when served (`true`),
+    /// else the next one (`false`). Refused for a name served by a routing row.
+    pub fn own_adapter(&self, name: &str) -> Result<(usize, bool), RequestError> {
+        let tasks = self.tasks();
+        if tasks
+            .routed
+            .as_ref()
+            .is_some_and(|routed| routed.id(name).is_ok())
+        {
+            return Err(RequestError::unprocessable(
+                "name",
+                format!(
+                    "task `{name}` is a routing row of the served adapter; its adaptation must be routing-only (-z), \
+                     or register it under another name"
+                ),
+            ));
+        }
+        Ok(match tasks.own.iter().position(|(own, _)| own == name) {
+            Some(i) => (i, true),
+            None => (tasks.own.len(), false),
+        })
     }
 
-    /// The routing row of `task`: required and known for a routed adapter, absent otherwise.
-    pub fn task_id(&self, task: Option<&str>) -> Result<usize, RequestError> {
-        match (&self.tasks, task) {
-            (Some(tasks), Some(name)) => {
-                let tasks = tasks.read().unwrap_or_else(PoisonError::into_inner);
-                tasks
-                    .id(name)
-                    .map_err(|_| RequestError::unknown_task(name, tasks.len()))
-            }
-            (Some(_), None) => Err(RequestError::invalid(
-                "task",
-                "required: the adapter routes by task",
-            )),
-            (None, Some(_)) => Err(RequestError::invalid(
-                "task",
-                "the adapter does not route by task; leave `task` out",
-            )),
-            (None, None) => Ok(0),
+    /// Serves `name` by `route` (its adapter already in the engine), replacing the route of a served name.
+    pub fn put_own_task(&self, name: &str, route: Route) {
+        let mut tasks = self.tasks.write().unwrap_or_else(PoisonError::into_inner);
+        match tasks.own.iter_mut().find(|(own, _)| own == name) {
+            Some((_, served)) => *served = route,
+            None => tasks.own.push((name.to_string(), route)),
         }
+    }
+
+    /// Whether requests must name a task.
+    pub fn routed(&self) -> bool {
+        self.tasks().routed.is_some()
+    }
+
+    /// Where the requests of `task` go: a task is required (and known) for a routed adapter, and names a task
+    /// with its own adapter otherwise; without a task, requests go to an unrouted served adapter.
+    pub fn route(&self, task: Option<&str>) -> Result<Route, RequestError> {
+        let tasks = self.tasks();
+        let Some(name) = task else {
+            return match tasks.routed {
+                Some(_) => Err(RequestError::invalid(
+                    "task",
+                    "required: the adapter routes by task",
+                )),
+                None => Ok(Route {
+                    adapter: None,
+                    row: 0,
+                }),
+            };
+        };
+        if let Some(row) = tasks.routed.as_ref().and_then(|routed| routed.id(name).ok()) {
+            return Ok(Route { adapter: None, row });
+        }
+        if let Some((_, route)) = tasks.own.iter().find(|(own, _)| own == name) {
+            return Ok(*route);
+        }
+        let known = tasks.routed.as_ref().map_or(0, TaskMap::len) + tasks.own.len();
+        Err(match (&tasks.routed, known) {
+            (None, 0) => {
+                RequestError::invalid("task", "the adapter does not route by task; leave `task` out")
+            }
+            _ => RequestError::unknown_task(name, known),
+        })
     }
 
     /// `text` as ids ending in eos, refused past `limit` ids.
@@ -194,7 +266,7 @@ impl Inputs {
 
     pub fn generate(&self, request: &GenerateRequest) -> Result<GenerateJob, RequestError> {
         let limits = &self.limits;
-        let task_id = self.task_id(request.task.as_deref())?;
+        let route = self.route(request.task.as_deref())?;
         let sources = match (&request.input, &request.inputs) {
             (Some(input), None) => vec![self.source(input, "input")?],
             (None, Some(inputs)) => {
@@ -232,7 +304,7 @@ impl Inputs {
             ));
         }
         Ok(GenerateJob {
-            task_id,
+            route,
             sources,
             decoding: Decoding {
                 max_new_tokens,
@@ -242,7 +314,7 @@ impl Inputs {
     }
 
     pub fn score(&self, request: &ScoreRequest) -> Result<ScoreJob, RequestError> {
-        let task_id = self.task_id(request.task.as_deref())?;
+        let route = self.route(request.task.as_deref())?;
         let input_ids = self.source(&request.input, "input")?;
         let n = request.choices.len();
         if n == 0 || n > self.limits.max_choices {
@@ -258,11 +330,12 @@ impl Inputs {
             .map(|(i, c)| self.encode(c, &format!("choices[{i}]"), self.limits.max_choice_tokens))
             .collect::<Result<_, _>>()?;
         Ok(ScoreJob {
+            adapter: route.adapter,
             example: EncodedChoices {
                 input_ids,
                 choices,
                 gold: 0,
-                task_id,
+                task_id: route.row,
             },
             choices: request.choices.clone(),
         })
@@ -297,7 +370,13 @@ mod tests {
         let job = routed
             .generate(&parse(br#"{"task": "b", "inputs": ["hi", "yo"], "num_beams": 2}"#).unwrap())
             .unwrap();
-        assert_eq!(job.task_id, 1);
+        assert_eq!(
+            job.route,
+            Route {
+                adapter: None,
+                row: 1
+            }
+        );
         // Byte ids are the byte + 3, then eos (1).
         assert_eq!(job.sources, [vec![107, 108, 1], vec![124, 114, 1]]);
         assert_eq!(
@@ -346,12 +425,37 @@ mod tests {
             .generate(&parse(br#"{"task": "a", "input": "x"}"#).unwrap())
             .unwrap_err();
         assert_eq!(e.field, "task");
+        let served = Route {
+            adapter: None,
+            row: 0,
+        };
         assert_eq!(
             unrouted
                 .generate(&parse(br#"{"input": "x"}"#).unwrap())
                 .unwrap()
-                .task_id,
-            0
+                .route,
+            served
         );
+        // Tasks with their own adapter: named beside the routing rows, refused under a routing row's name.
+        let own = Route {
+            adapter: Some(0),
+            row: 2,
+        };
+        assert_eq!(routed.own_adapter("c").unwrap(), (0, false));
+        routed.put_own_task("c", own);
+        unrouted.put_own_task("c", own);
+        assert_eq!(routed.task_names(), ["a", "b", "c"]);
+        for inputs in [&routed, &unrouted] {
+            let job = inputs
+                .score(&parse(br#"{"task": "c", "input": "x", "choices": ["y"]}"#).unwrap())
+                .unwrap();
+            assert_eq!((job.adapter, job.example.task_id), (Some(0), 2));
+        }
+        assert_eq!(unrouted.route(None).unwrap(), served);
+        assert_eq!(routed.own_adapter("c").unwrap(), (0, true));
+        assert_eq!(routed.own_adapter("a").unwrap_err().field, "name");
+        assert_eq!(routed.task_row("c").unwrap_err().field, "name");
+        let e = routed.route(Some("d")).unwrap_err();
+        assert_eq!(e.kind, RequestErrorKind::UnknownTask);
     }
 }

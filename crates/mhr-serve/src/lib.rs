@@ -6,7 +6,8 @@
 //! - [`inputs::Inputs`]: text → checked token ids and routing rows (tokenizer, task names, [`Limits`]);
 //! - [`engine::Engine`]: the model, running one padded batch of mixed tasks (generation or scoring);
 //! - [`scheduler`]: the bounded queue, and the worker that gathers requests of any tasks into batches;
-//! - [`registry`]: tasks registered while serving (a `-z` adaptation is one routing row per layer);
+//! - [`registry`]: tasks registered while serving (a `-z` adaptation is one routing row per layer, any other
+//!   adaptation an adapter of the task's own on the shared base weights);
 //! - [`http`]: the axum routes, `/metrics` and graceful shutdown.
 //!
 //! `mhr generate --inputs` and `mhr score --inputs` run the same [`Inputs`] and [`Engine`] offline.
@@ -20,7 +21,7 @@ pub mod metrics;
 pub mod registry;
 pub mod scheduler;
 
-pub use engine::{Decoding, Engine};
+pub use engine::{Decoding, Engine, Route};
 pub use error::{RequestError, ServeError};
 pub use inputs::{Inputs, Limits};
 pub use scheduler::{BatchPolicy, Scheduler, Worker, queue};

@@ -1,7 +1,7 @@
 //! Registering tasks while serving. A routing-only (`-z`) adaptation of the served adapter differs from it in one
 //! routing row per routed layer, so registering it costs `h·S` numbers per layer: its row is put into the served
-//! routers (appended for a new name, replacing the row of a served one). An adaptation that changed the skills
-//! (a full per-task adapter) is refused.
+//! routers (appended for a new name, replacing the row of a served one). Any other adaptation (its skills trained,
+//! a LoRA, an (IA)³ vector) is a full adapter: it is attached to the frozen base model for that task alone.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,10 +10,11 @@ use crate::api::RegisterRequest;
 use crate::error::RequestError;
 use mhr_core::peft::{ModuleWeights, PeftAdapter, PeftKind};
 
-/// An adaptation folder, read: its adapter, the routing row of the task, and the task's name.
+/// An adaptation folder, read: its adapter, its task's routing row (0 for an adapter that does not route by
+/// task), and the task's name when the folder knows it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub name: String,
+    pub name: Option<String>,
     pub adapter: PeftAdapter,
     pub row: usize,
 }
@@ -24,23 +25,41 @@ pub trait TaskSource: Send + Sync {
     fn resolve(&self, path: &Path, task: Option<&str>) -> Result<Candidate, String>;
 }
 
-/// One task's routing rows, by site path.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoutingRows {
-    pub name: String,
-    pub rows: BTreeMap<String, Vec<f32>>,
+/// What a registration puts into the server, for the task `name`.
+#[derive(Debug, Clone)]
+pub enum Registration {
+    /// A routing-only adaptation of the served adapter: the task's routing rows, by site path.
+    Routing {
+        name: String,
+        rows: BTreeMap<String, Vec<f32>>,
+    },
+    /// A full adapter of the task's own, routed by its row `row` when it routes by task.
+    Adapter {
+        name: String,
+        adapter: Box<PeftAdapter>,
+        row: usize,
+    },
 }
 
-/// The served adapter's skills, the folder reader and the bearer token of `POST /v1/tasks`.
+impl Registration {
+    pub fn name(&self) -> &str {
+        match self {
+            Registration::Routing { name, .. } | Registration::Adapter { name, .. } => name,
+        }
+    }
+}
+
+/// The served adapter, the folder reader and the bearer token of `POST /v1/tasks`.
 pub struct Registry {
-    served: PeftAdapter,
+    /// `None`: the base model is served without an adapter.
+    served: Option<PeftAdapter>,
     source: Box<dyn TaskSource>,
     /// `None`: registration over HTTP is off.
     token: Option<String>,
 }
 
 impl Registry {
-    pub fn new(served: PeftAdapter, source: Box<dyn TaskSource>, token: Option<String>) -> Self {
+    pub fn new(served: Option<PeftAdapter>, source: Box<dyn TaskSource>, token: Option<String>) -> Self {
         Self {
             served,
             source,
@@ -48,43 +67,57 @@ impl Registry {
         }
     }
 
-    /// Whether `authorization` (the header's value) carries the token.
+    /// Whether `authorization` (the header's value) carries the token; `None` when registration is off.
     pub fn authorizes(&self, authorization: Option<&str>) -> Option<bool> {
         let token = self.token.as_deref()?;
         Some(authorization.and_then(|a| a.strip_prefix("Bearer ")) == Some(token))
     }
 
-    /// The routing rows a registration puts into the served routers.
-    pub fn rows(&self, request: &RegisterRequest) -> Result<RoutingRows, RequestError> {
+    /// What registering `request` puts into the server.
+    pub fn registration(&self, request: &RegisterRequest) -> Result<Registration, RequestError> {
         let candidate = self
             .source
             .resolve(Path::new(&request.path), request.task.as_deref())
             .map_err(|message| RequestError::invalid("path", message))?;
-        let name = request.name.clone().unwrap_or_else(|| candidate.name.clone());
+        let name = request
+            .name
+            .clone()
+            .or_else(|| candidate.name.clone())
+            .ok_or_else(|| {
+                RequestError::invalid(
+                    "name",
+                    format!("required: {} does not name its task", request.path),
+                )
+            })?;
         if name.is_empty() {
             return Err(RequestError::invalid("name", "empty"));
         }
-        Ok(RoutingRows {
-            rows: routing_rows(&self.served, &candidate, &request.path)?,
-            name,
+        let n_tasks = match candidate.adapter.config.kind {
+            PeftKind::Poly { n_tasks, .. } => n_tasks,
+            _ => 1,
+        };
+        if candidate.row >= n_tasks {
+            return Err(RequestError::invalid(
+                "task",
+                format!("row {} of {n_tasks}", candidate.row),
+            ));
+        }
+        Ok(match &self.served {
+            Some(served) if routing_only(served, &candidate.adapter) => Registration::Routing {
+                rows: routing_rows(&candidate)?,
+                name,
+            },
+            _ => Registration::Adapter {
+                name,
+                adapter: Box::new(candidate.adapter),
+                row: candidate.row,
+            },
         })
     }
 }
 
-/// Row `candidate.row` of every router of `candidate`, refused unless `candidate` is `served` with other routing.
-fn routing_rows(
-    served: &PeftAdapter,
-    candidate: &Candidate,
-    path: &str,
-) -> Result<BTreeMap<String, Vec<f32>>, RequestError> {
-    let not_routing_only = |why: String| {
-        RequestError::unprocessable(
-            "path",
-            format!(
-                "{path}: {why}; only routing-only (-z) adaptations of the served adapter register as a task"
-            ),
-        )
-    };
+/// Whether `adapter` is `served` with other routing: the same routed modules with the same skills.
+fn routing_only(served: &PeftAdapter, adapter: &PeftAdapter) -> bool {
     let shape = |kind: &PeftKind| match kind {
         PeftKind::Poly {
             r,
@@ -94,57 +127,39 @@ fn routing_rows(
         } => Some((*r, *n_skills, *n_splits)),
         _ => None,
     };
-    let (served_shape, shape_of) = (shape(&served.config.kind), shape(&candidate.adapter.config.kind));
-    if served_shape.is_none() || served_shape != shape_of {
-        return Err(not_routing_only(format!(
-            "its adapter is {:?}, the served one {:?}",
-            candidate.adapter.config.kind, served.config.kind
-        )));
-    }
-    let (ours, theirs) = (&served.modules, &candidate.adapter.modules);
-    if let Some(module) = ours.keys().find(|m| !theirs.contains_key(*m)) {
-        return Err(not_routing_only(format!("it has no adapter at {module}")));
-    }
-    if let Some(module) = theirs.keys().find(|m| !ours.contains_key(*m)) {
-        return Err(not_routing_only(format!(
-            "it adapts {module}, which the served adapter does not"
-        )));
-    }
+    let (ours, theirs) = (&served.modules, &adapter.modules);
+    shape(&served.config.kind).is_some()
+        && shape(&served.config.kind) == shape(&adapter.config.kind)
+        && ours.len() == theirs.len()
+        && theirs
+            .iter()
+            .all(|(module, weights)| match (weights, ours.get(module)) {
+                (
+                    ModuleWeights::Poly { a, b, .. },
+                    Some(ModuleWeights::Poly {
+                        a: served_a,
+                        b: served_b,
+                        ..
+                    }),
+                ) => a == served_a && b == served_b,
+                _ => false,
+            })
+}
+
+/// Row `candidate.row` of every router of `candidate`.
+fn routing_rows(candidate: &Candidate) -> Result<BTreeMap<String, Vec<f32>>, RequestError> {
     let mut rows = BTreeMap::new();
-    for (module, weights) in theirs {
-        let (
-            ModuleWeights::Poly { a, b, logits },
-            Some(ModuleWeights::Poly {
-                a: served_a,
-                b: served_b,
-                ..
-            }),
-        ) = (weights, ours.get(module))
-        else {
-            return Err(not_routing_only(format!("{module} is not routed")));
+    for (module, weights) in &candidate.adapter.modules {
+        let ModuleWeights::Poly { logits, .. } = weights else {
+            continue;
         };
-        if a != served_a || b != served_b {
-            return Err(not_routing_only(format!(
-                "its skills at {module} differ from the served ones"
-            )));
-        }
-        let (n_tasks, width) = match logits.shape.as_slice() {
-            [n, w] => (*n, *w),
-            other => {
-                return Err(not_routing_only(format!(
-                    "{module}: routing logits of shape {other:?}"
-                )));
-            }
+        let unreadable =
+            |why: String| RequestError::unprocessable("path", format!("{module}: routing logits {why}"));
+        let width = match logits.shape.as_slice() {
+            [n, w] if candidate.row < *n => *w,
+            other => return Err(unreadable(format!("of shape {other:?}"))),
         };
-        if candidate.row >= n_tasks {
-            return Err(RequestError::invalid(
-                "task",
-                format!("row {} of {n_tasks}", candidate.row),
-            ));
-        }
-        let values = logits
-            .to_vec::<f32>()
-            .map_err(|e| not_routing_only(format!("{module}: routing logits: {e:?}")))?;
+        let values = logits.to_vec::<f32>().map_err(|e| unreadable(format!("{e:?}")))?;
         rows.insert(
             module.clone(),
             values[candidate.row * width..(candidate.row + 1) * width].to_vec(),
@@ -170,14 +185,15 @@ mod tests {
     }
 
     #[test]
-    fn a_routing_only_adaptation_gives_its_row_and_others_are_refused() {
+    fn a_routing_only_adaptation_gives_its_row_and_others_are_full_adapters() {
         let served = fixture();
         let candidate = Candidate {
-            name: "t".into(),
+            name: Some("t".into()),
             adapter: served.clone(),
             row: 2,
         };
-        let rows = routing_rows(&served, &candidate, "dir").unwrap();
+        assert!(routing_only(&served, &candidate.adapter));
+        let rows = routing_rows(&candidate).unwrap();
         assert_eq!(rows.len(), served.modules.len());
         for (module, row) in &rows {
             let ModuleWeights::Poly { logits, .. } = &served.modules[module] else {
@@ -190,35 +206,56 @@ mod tests {
                 "{module}"
             );
         }
-        let out_of_range = Candidate {
-            row: 3,
-            ..candidate.clone()
-        };
-        assert_eq!(
-            routing_rows(&served, &out_of_range, "dir").unwrap_err().field,
-            "task"
-        );
-        // Skills trained: a full adapter, refused.
-        let mut trained = candidate.clone();
-        let (module, weights) = trained.adapter.modules.iter_mut().nth(1).unwrap();
-        let module = module.clone();
-        if let ModuleWeights::Poly { a, .. } = weights {
+        // Skills trained, or fewer modules: a full adapter.
+        let mut trained = candidate.adapter.clone();
+        if let Some(ModuleWeights::Poly { a, .. }) = trained.modules.values_mut().nth(1) {
             let mut values = a.to_vec::<f32>().unwrap();
             values[0] += 1e-3;
             *a = TensorData::new(values, a.shape.clone());
         }
-        let e = routing_rows(&served, &trained, "dir").unwrap_err();
-        assert!(
-            e.message.contains(&format!("its skills at {module} differ")),
-            "{e}"
-        );
-        let mut fewer = candidate;
-        fewer.adapter.modules.pop_first();
-        assert!(
-            routing_rows(&served, &fewer, "dir")
-                .unwrap_err()
-                .message
-                .contains("has no adapter at")
-        );
+        assert!(!routing_only(&served, &trained));
+        let mut fewer = candidate.adapter.clone();
+        fewer.modules.pop_first();
+        assert!(!routing_only(&served, &fewer));
+        assert!(!routing_only(&fewer, &served));
+    }
+
+    struct Folder(Candidate);
+
+    impl TaskSource for Folder {
+        fn resolve(&self, _: &Path, _: Option<&str>) -> Result<Candidate, String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn registrations_are_named_and_their_rows_checked() {
+        let served = fixture();
+        let registry = |name: Option<&str>, row: usize, served_adapter: Option<PeftAdapter>| {
+            let candidate = Candidate {
+                name: name.map(String::from),
+                adapter: served.clone(),
+                row,
+            };
+            Registry::new(served_adapter, Box::new(Folder(candidate)), None)
+        };
+        let request = |name: Option<&str>| RegisterRequest {
+            path: "dir".into(),
+            name: name.map(String::from),
+            task: None,
+        };
+        let routing = registry(Some("t"), 1, Some(served.clone()))
+            .registration(&request(Some("renamed")))
+            .unwrap();
+        assert!(matches!(&routing, Registration::Routing { name, .. } if name == "renamed"));
+        // Without a served adapter everything is an adapter of its own.
+        let own = registry(Some("t"), 1, None).registration(&request(None)).unwrap();
+        assert!(matches!(&own, Registration::Adapter { name, row: 1, .. } if name == "t"));
+        let e = registry(None, 0, None).registration(&request(None)).unwrap_err();
+        assert_eq!(e.field, "name");
+        let e = registry(Some("t"), 3, Some(served.clone()))
+            .registration(&request(None))
+            .unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("task", "row 3 of 3"));
     }
 }

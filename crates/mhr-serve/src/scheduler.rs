@@ -11,11 +11,11 @@ use burn::prelude::Backend;
 use tokio::sync::oneshot;
 
 use crate::api::{GenerateResponse, Generated, RegisteredResponse, ScoreResponse};
-use crate::engine::{Decoding, Engine, Row};
-use crate::error::ServeError;
+use crate::engine::{Decoding, Engine, Route, Row};
+use crate::error::{RequestError, ServeError};
 use crate::inputs::{GenerateJob, Inputs, ScoreJob};
 use crate::metrics::Metrics;
-use crate::registry::RoutingRows;
+use crate::registry::Registration;
 
 /// When the worker runs a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +43,8 @@ impl Default for BatchPolicy {
 pub enum Work {
     Generate(GenerateJob),
     Score(ScoreJob),
-    /// Put a task's routing rows into the model: between batches, alone.
-    Register(RoutingRows),
+    /// Put a task's routing rows or its own adapter into the model: between batches, alone.
+    Register(Registration),
 }
 
 impl Work {
@@ -57,11 +57,12 @@ impl Work {
         }
     }
 
-    /// Requests of the same key may share a batch; a registration shares none.
-    fn batch_key(&self) -> Option<Option<Decoding>> {
+    /// Requests of the same key may share a batch: the same adapter, and for generation the same
+    /// [`Decoding::batch_key`]. A registration shares none.
+    fn batch_key(&self) -> Option<(Option<usize>, Option<Decoding>)> {
         match self {
-            Work::Generate(job) => Some(Some(job.decoding.batch_key())),
-            Work::Score(_) => Some(None),
+            Work::Generate(job) => Some((job.route.adapter, Some(job.decoding.batch_key()))),
+            Work::Score(job) => Some((job.adapter, None)),
             Work::Register(_) => None,
         }
     }
@@ -73,6 +74,8 @@ pub enum Answer {
     Generated(GenerateResponse),
     Scored(ScoreResponse),
     Registered(RegisteredResponse),
+    /// A registration the model could not take (an adapter that does not fit it).
+    Refused(RequestError),
 }
 
 /// Why a request was not queued.
@@ -201,11 +204,14 @@ fn work<B: Backend>(
         let mut batch = next_batch(&mut pending, policy.max_batch);
         match batch.pop_if(|q| matches!(q.work, Work::Register(_))) {
             Some(Queued {
-                work: Work::Register(rows),
+                work: Work::Register(registration),
                 reply,
             }) => {
-                let registered = register(engine, inputs, &rows).map(Answer::Registered);
-                let _ = reply.send(registered.map_err(|e| e.to_string()));
+                let answer = match register(engine, inputs, &registration) {
+                    Ok(registered) => Answer::Registered(registered),
+                    Err(refused) => Answer::Refused(refused),
+                };
+                let _ = reply.send(Ok(answer));
             }
             _ => run_batch(engine, inputs, metrics, batch),
         }
@@ -235,7 +241,7 @@ fn next_batch(pending: &mut VecDeque<Queued>, max_batch: usize) -> Vec<Queued> {
     batch
 }
 
-fn run_batch<B: Backend>(engine: &Engine<B>, inputs: &Inputs, metrics: &Metrics, batch: Vec<Queued>) {
+fn run_batch<B: Backend>(engine: &mut Engine<B>, inputs: &Inputs, metrics: &Metrics, batch: Vec<Queued>) {
     if batch.is_empty() {
         return;
     }
@@ -284,29 +290,51 @@ fn run_batch<B: Backend>(engine: &Engine<B>, inputs: &Inputs, metrics: &Metrics,
     }
 }
 
-/// Serves `rows.name` with its routing rows: appended to the routers for a new name, replacing its row otherwise.
+/// Serves a registered task: its routing rows appended to the served routers (or replacing its row), or its
+/// adapter attached to the base model (appended, or replacing its earlier one).
 pub fn register<B: Backend>(
     engine: &mut Engine<B>,
     inputs: &Inputs,
-    rows: &RoutingRows,
-) -> Result<RegisteredResponse, ServeError> {
-    let (task_id, replaced) = inputs
-        .task_row(&rows.name)
-        .map_err(|e| ServeError::Config(e.message))?;
-    engine.put_task(&rows.rows, task_id, !replaced)?;
-    if !replaced {
-        inputs.add_task(&rows.name)?;
-    }
+    registration: &Registration,
+) -> Result<RegisteredResponse, RequestError> {
+    let name = registration.name();
+    let (task_id, replaced, own_adapter) = match registration {
+        Registration::Routing { rows, .. } => {
+            let (row, replaced) = inputs.task_row(name)?;
+            engine
+                .put_task(rows, row, !replaced)
+                .map_err(|e| RequestError::unprocessable("path", e.to_string()))?;
+            if !replaced {
+                inputs
+                    .add_task(name)
+                    .map_err(|e| RequestError::unprocessable("name", e.to_string()))?;
+            }
+            (row, replaced, false)
+        }
+        Registration::Adapter { adapter, row, .. } => {
+            let (index, replaced) = inputs.own_adapter(name)?;
+            engine
+                .put_adapter(adapter, index)
+                .map_err(|e| RequestError::unprocessable("path", e.to_string()))?;
+            let route = Route {
+                adapter: Some(index),
+                row: *row,
+            };
+            inputs.put_own_task(name, route);
+            (*row, replaced, true)
+        }
+    };
     Ok(RegisteredResponse {
-        task: rows.name.clone(),
+        task: name.to_string(),
         task_id,
         replaced,
+        own_adapter,
     })
 }
 
 /// Runs requests of one batch key as one model batch; answers in request order.
 fn answer<B: Backend>(
-    engine: &Engine<B>,
+    engine: &mut Engine<B>,
     inputs: &Inputs,
     works: &[&Work],
 ) -> Result<Vec<Answer>, ServeError> {
@@ -338,7 +366,7 @@ fn answer<B: Backend>(
 
 /// Generation requests of one [`Decoding::batch_key`] as one model batch; per request, its outputs.
 pub fn generate_jobs<B: Backend>(
-    engine: &Engine<B>,
+    engine: &mut Engine<B>,
     inputs: &Inputs,
     jobs: &[&GenerateJob],
 ) -> Result<Vec<Vec<Generated>>, ServeError> {
@@ -346,26 +374,27 @@ pub fn generate_jobs<B: Backend>(
         return Ok(Vec::new());
     };
     let num_beams = first.decoding.num_beams;
-    if let Some(other) = jobs
-        .iter()
-        .find(|j| j.decoding.batch_key() != first.decoding.batch_key())
-    {
+    let key = |j: &GenerateJob| (j.route.adapter, j.decoding.batch_key());
+    if let Some(other) = jobs.iter().find(|j| key(j) != key(first)) {
         return Err(ServeError::Config(format!(
             "cannot batch {:?} with {:?}",
-            first.decoding, other.decoding
+            key(first),
+            key(other)
         )));
     }
     let rows: Vec<Row<'_>> = jobs
         .iter()
         .flat_map(|job| {
             job.sources.iter().map(|source| Row {
-                task_id: job.task_id,
+                task_id: job.route.row,
                 source,
                 max_new_tokens: job.decoding.max_new_tokens,
             })
         })
         .collect();
-    let mut tokens = engine.generate(&rows, num_beams)?.into_iter();
+    let mut tokens = engine
+        .generate(first.route.adapter, &rows, num_beams)?
+        .into_iter();
     jobs.iter()
         .map(|job| {
             tokens
@@ -384,12 +413,21 @@ pub fn generate_jobs<B: Backend>(
 
 /// Scoring requests as one model batch.
 pub fn score_jobs<B: Backend>(
-    engine: &Engine<B>,
+    engine: &mut Engine<B>,
     jobs: &[&ScoreJob],
 ) -> Result<Vec<ScoreResponse>, ServeError> {
+    let Some(first) = jobs.first() else {
+        return Ok(Vec::new());
+    };
+    if let Some(other) = jobs.iter().find(|j| j.adapter != first.adapter) {
+        return Err(ServeError::Config(format!(
+            "cannot batch adapter {:?} with {:?}",
+            first.adapter, other.adapter
+        )));
+    }
     let examples: Vec<_> = jobs.iter().map(|j| j.example.clone()).collect();
     Ok(engine
-        .score(&examples)?
+        .score(first.adapter, &examples)?
         .into_iter()
         .zip(jobs)
         .map(|(scores, job)| ScoreResponse {
@@ -408,7 +446,10 @@ mod tests {
 
     fn generate(rows: usize, decoding: Decoding) -> Work {
         Work::Generate(GenerateJob {
-            task_id: 0,
+            route: Route {
+                adapter: None,
+                row: 0,
+            },
             sources: vec![vec![1]; rows],
             decoding,
         })
@@ -416,6 +457,7 @@ mod tests {
 
     fn score(choices: usize) -> Work {
         Work::Score(ScoreJob {
+            adapter: None,
             example: mhr_data::EncodedChoices {
                 input_ids: vec![1],
                 choices: vec![vec![1]; choices],

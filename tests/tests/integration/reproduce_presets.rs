@@ -1,6 +1,8 @@
 //! The reproduction presets end to end (small settings): every method yields a finite score.
 
 use burn::backend::{Autodiff, NdArray};
+use mhr_core::AdapterHost;
+use mhr_models::T5ForConditionalGeneration;
 use mhr_presets::sni::{self, SniSettings};
 use mhr_presets::synthetic::{self, SyntheticSettings};
 use mhr_tests::{shared_dir, t5_fixture};
@@ -232,8 +234,19 @@ fn synthetic_preset_runs_and_scores_routing() {
         assert!((row[i] - 1.0).abs() < 1e-6, "diagonal {}", row[i]);
         assert!(row.iter().all(|c| (-1.0 - 1e-6..=1.0 + 1e-6).contains(c)));
     }
-    // The base model is cached: a second run with the same settings loads it instead of training.
-    assert!(out.path().join("base/model.mpk").exists());
+    // The run's files reproduce it: the base as a transformers checkpoint (also the cache a second run with the
+    // same settings loads instead of training) and each family's stage-2 adapter as a peft folder score stage 2
+    // exactly as the run did.
+    let base =
+        T5ForConditionalGeneration::<NdArray>::load(out.path().join("base"), &Default::default()).unwrap();
+    for family in families {
+        let model = base
+            .clone()
+            .load_peft_adapter(out.path().join("stage2").join(family))
+            .unwrap();
+        let scores = synthetic::stage2_exact_match(&model, &settings).unwrap();
+        assert_eq!(serde_json::json!(scores), stage2[family], "{family}");
+    }
 }
 
 /// A T0-mixture folder in P3's layout made from two shipped SNI training tasks: task A as two

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
+use mhr_core::AdapterHost;
 use mhr_core::peft::TASKS_FILE;
 use mhr_data::{EncodedChoices, EncodedExample};
 use mhr_models::{Precision, check_dropout_rate};
@@ -20,7 +21,7 @@ use mhr_train::t0::encode_choices;
 use crate::commands::common::catch_panics;
 use crate::commands::run_dir::{
     ADAPT_CONFIG, ADAPTER_DIR, AdaptSettings, Run, RunKind, absolute, check_model_dir, parse_method,
-    peft_adapter, read_toml, train_in_run, write_toml,
+    read_toml, train_in_run, write_toml,
 };
 use crate::device::{BackendTask, DeviceSpec, Devices, ensure_compiled, ensure_precision, with_backend};
 
@@ -174,7 +175,7 @@ impl BackendTask for AdaptTask {
             stop_after,
             "adapt",
             &devices,
-        )? && let Some(adapter) = peft_adapter(&model, &self.run.tasks, &self.run.settings.model)?
+        )? && let Some(adapter) = model.peft_adapter(&self.run.tasks, self.run.settings.model.to_str())?
         {
             adapter.save(self.run.dir.join(ADAPTER_DIR))?;
         }

@@ -109,14 +109,30 @@ impl ModelArgs {
 impl Prepared {
     /// Loads the weights on `device` and puts the adapter on them.
     pub fn load_model<B: Backend>(&self, device: &B::Device) -> Result<T5ForConditionalGeneration<B>> {
-        let model = T5ForConditionalGeneration::<B>::load_as(&self.model_dir, self.precision, device)
-            .with_context(|| format!("--model {}", self.model_dir.display()))?;
+        let model = self.load_base(device)?;
         Ok(match &self.adapter {
             Some((dir, adapter)) => model
                 .with_peft_adapter(adapter, &mhr_core::RoutingConfig::default())
                 .with_context(|| format!("--adapter {}", dir.display()))?,
             None => model,
         })
+    }
+
+    /// The model without the adapter.
+    pub fn load_base<B: Backend>(&self, device: &B::Device) -> Result<T5ForConditionalGeneration<B>> {
+        T5ForConditionalGeneration::<B>::load_as(&self.model_dir, self.precision, device)
+            .with_context(|| format!("--model {}", self.model_dir.display()))
+    }
+
+    /// The serving engine: the model, with the adapter for the served tasks.
+    pub fn engine<B: Backend>(&self, device: &B::Device) -> Result<mhr_serve::Engine<B>> {
+        let adapter = self.adapter.as_ref();
+        mhr_serve::Engine::new(self.load_base(device)?, adapter.map(|(_, a)| a)).with_context(
+            || match adapter {
+                Some((dir, _)) => format!("--adapter {}", dir.display()),
+                None => format!("--model {}", self.model_dir.display()),
+            },
+        )
     }
 }
 

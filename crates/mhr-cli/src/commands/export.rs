@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
+use mhr_core::AdapterHost;
 use mhr_core::peft::PeftAdapter;
 
 use crate::commands::common::catch_panics;
-use crate::commands::run_dir::{Run, peft_adapter};
+use crate::commands::run_dir::Run;
 use crate::device::{BackendTask, DeviceSpec, ensure_compiled, with_backend};
 
 /// Export formats.
@@ -42,7 +43,7 @@ impl BackendTask for ExportTask {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Result<Self::Output> {
         let model = self.run.load_model::<B::InnerBackend>(&device)?;
-        peft_adapter(&model, &self.run.tasks, &self.run.settings.model)
+        Ok(model.peft_adapter(&self.run.tasks, self.run.settings.model.to_str())?)
     }
 }
 

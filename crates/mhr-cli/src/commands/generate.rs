@@ -12,10 +12,10 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use mhr_models::GenerationConfig;
+use mhr_serve::Inputs;
 use mhr_serve::api::GenerateRequest;
 use mhr_serve::inputs::GenerateJob;
 use mhr_serve::scheduler::generate_jobs;
-use mhr_serve::{Engine, Inputs};
 use serde_json::json;
 
 use crate::commands::common::{
@@ -99,13 +99,12 @@ impl BackendTask for TextGenerateTask {
     type Output = Vec<mhr_serve::api::Generated>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Result<Self::Output> {
-        let model = self.prepared.load_model::<B::InnerBackend>(&device)?;
-        let engine = Engine::new(model, self.prepared.n_tasks.is_some())?;
+        let mut engine = self.prepared.engine::<B::InnerBackend>(&device)?;
         let mut outputs = Vec::with_capacity(self.jobs.len());
         for chunk in self.jobs.chunks(self.batch_size) {
             let chunk: Vec<&GenerateJob> = chunk.iter().collect();
             outputs.extend(
-                generate_jobs(&engine, &self.inputs, &chunk)?
+                generate_jobs(&mut engine, &self.inputs, &chunk)?
                     .into_iter()
                     .flatten(),
             );

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use mhr_core::peft::{PeftAdapter, PeftKind, TASKS_FILE, TargetModules};
-use mhr_core::{AdapterHost, Method, TaskMap};
+use mhr_core::peft::{TASKS_FILE, TargetModules};
+use mhr_core::{Method, TaskMap};
 use mhr_data::{
     Encoder, EncoderConfig, FewShotSplit, SniDir, SniPromptFormat, SniTask, SniTestSet, T0Dataset, T0Dir,
     TextTokenizer, sni_few_shot,
@@ -450,25 +450,6 @@ pub fn train_in_run<B: AutodiffBackend>(
         );
     }
     Ok((outcome.steps == config.steps).then_some(model))
-}
-
-/// The adapters of `model` as a peft folder (with the task names when they route by task); `None` when
-/// the model has no adapters (full fine-tuning).
-pub fn peft_adapter<B: Backend>(
-    model: &Model<B>,
-    tasks: &TaskMap,
-    base_model: &Path,
-) -> Result<Option<PeftAdapter>> {
-    // peft's routers are per layer: a router shared by a group is written into each of its sites.
-    let modules = model.per_layer_adapters()?;
-    if modules.is_empty() {
-        return Ok(None);
-    }
-    let mut adapter = PeftAdapter::from_adapters(&modules, base_model.to_str())?;
-    if matches!(adapter.config.kind, PeftKind::Poly { .. }) {
-        adapter.tasks = Some(tasks.clone());
-    }
-    Ok(Some(adapter))
 }
 
 /// Resolves a path to an absolute one (so that a run's config works from any directory).

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
-use mhr_serve::Engine;
 use mhr_serve::api::{ScoreRequest, ScoreResponse};
 use mhr_serve::inputs::ScoreJob;
 use mhr_serve::scheduler::score_jobs;
@@ -90,12 +89,11 @@ impl BackendTask for TextScoreTask {
     type Output = Vec<ScoreResponse>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Result<Self::Output> {
-        let model = self.prepared.load_model::<B::InnerBackend>(&device)?;
-        let engine = Engine::new(model, self.prepared.n_tasks.is_some())?;
+        let mut engine = self.prepared.engine::<B::InnerBackend>(&device)?;
         let mut scored = Vec::with_capacity(self.jobs.len());
         for chunk in self.jobs.chunks(self.batch_size) {
             let chunk: Vec<&ScoreJob> = chunk.iter().collect();
-            scored.extend(score_jobs(&engine, &chunk)?);
+            scored.extend(score_jobs(&mut engine, &chunk)?);
         }
         Ok(scored)
     }

@@ -11,20 +11,20 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
-use mhr_core::peft::PeftAdapter;
+use mhr_core::peft::{PeftAdapter, PeftKind};
 use mhr_serve::api::RegisterRequest;
 use mhr_serve::http::{AppState, serve, shutdown_signal};
 use mhr_serve::metrics::Metrics;
 use mhr_serve::registry::{Candidate, Registry, TaskSource};
 use mhr_serve::scheduler::register;
-use mhr_serve::{BatchPolicy, Engine, Inputs, queue};
+use mhr_serve::{BatchPolicy, Inputs, queue};
 
 use crate::commands::common::{ModelArgs, Prepared, catch_panics, check_sizes};
 use crate::commands::run_dir::{ADAPTER_DIR, Run, RunKind};
 use crate::commands::texts::TextArgs;
 use crate::device::{BackendTask, DeviceSpec, with_backend};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -45,17 +45,22 @@ pub struct Args {
     /// The longest generation a request may ask for (and the default).
     #[arg(long, value_name = "N", default_value_t = mhr_serve::Limits::default().max_new_tokens)]
     pub max_new_tokens: usize,
-    /// Routing-only (-z) adaptations to serve from the start, each as its task (`mhr adapt` runs; a served name gets
-    /// the adapted routing row).
+    /// Adaptations to serve from the start, each as its task (`mhr adapt` runs): a routing-only (-z) one as a routing
+    /// row of the served adapter (a served name gets the adapted row), any other with its own adapter.
     #[arg(long, value_name = "DIR", num_args = 1..)]
     pub tasks: Vec<PathBuf>,
+    /// Run a batch whose rows are all of one task on a copy of the model with that task's adapter merged into the
+    /// weights (made for the first such batch, kept while batches stay on that task): faster per batch, at the
+    /// memory of one more copy of the adapted weights; outputs equal the unmerged ones up to float rounding.
+    #[arg(long)]
+    pub merge_hot_task: bool,
     /// A file holding the bearer token of `POST /v1/tasks` (registration while serving); without it that is off.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 }
 
-/// The folders a registration names: an `mhr adapt` run (its `adapter/`, its task by default), or a peft folder
-/// whose row `task` names (a name of its `tasks.json`, else the row's number).
+/// The folders a registration names: an `mhr adapt` run (its `adapter/`, its task by default), or a peft folder;
+/// of a routed adapter, `task` names the row (a name of its `tasks.json`, else the row's number).
 struct AdaptationFolders;
 
 impl TaskSource for AdaptationFolders {
@@ -78,6 +83,19 @@ fn resolve(path: &Path, task: Option<&str>) -> Result<Candidate> {
         (path.to_path_buf(), None)
     };
     let adapter = PeftAdapter::load(&folder).with_context(|| path.display().to_string())?;
+    if !matches!(adapter.config.kind, PeftKind::Poly { .. }) {
+        if let Some(task) = task {
+            bail!(
+                "{}: its adapter does not route by task; `task` ({task}) has no row to name",
+                folder.display()
+            );
+        }
+        return Ok(Candidate {
+            name: own_task,
+            adapter,
+            row: 0,
+        });
+    }
     let name = task.map(String::from).or(own_task).ok_or_else(|| {
         anyhow!(
             "{}: not an `mhr adapt` run; name its routing row with `task`",
@@ -90,14 +108,19 @@ fn resolve(path: &Path, task: Option<&str>) -> Result<Candidate> {
             .parse()
             .map_err(|_| anyhow!("{}: no tasks.json; give `task` as a row number", folder.display()))?,
     };
-    Ok(Candidate { name, adapter, row })
+    Ok(Candidate {
+        name: Some(name),
+        adapter,
+        row,
+    })
 }
 
 struct ServeTask {
     prepared: Prepared,
     inputs: Inputs,
-    registry: Option<Arc<Registry>>,
+    registry: Arc<Registry>,
     tasks: Vec<PathBuf>,
+    merge_hot_task: bool,
     policy: BatchPolicy,
     addr: SocketAddr,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -108,26 +131,30 @@ impl BackendTask for ServeTask {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Result<()> {
-        let model = self.prepared.load_model::<B::InnerBackend>(&device)?;
-        let mut engine = Engine::new(model, self.prepared.n_tasks.is_some())?;
+        let mut engine = self.prepared.engine::<B::InnerBackend>(&device)?;
+        if self.merge_hot_task {
+            engine = engine.merging_hot_task();
+        }
         for dir in &self.tasks {
-            let registry = self
-                .registry
-                .as_ref()
-                .context("--tasks: the served adapter does not route by task")?;
             let request = RegisterRequest {
                 path: dir.display().to_string(),
                 name: None,
                 task: None,
             };
-            let rows = registry
-                .rows(&request)
+            let registered = self
+                .registry
+                .registration(&request)
+                .and_then(|registration| register(&mut engine, &self.inputs, &registration))
                 .with_context(|| format!("--tasks {}", dir.display()))?;
-            let registered = register(&mut engine, &self.inputs, &rows)?;
             eprintln!(
-                "mhr serve: task `{}` from {} (routing row {})",
+                "mhr serve: task `{}` from {} ({} {})",
                 registered.task,
                 dir.display(),
+                if registered.own_adapter {
+                    "its own adapter, row"
+                } else {
+                    "routing row"
+                },
                 registered.task_id
             );
         }
@@ -210,14 +237,11 @@ pub fn serve_until(
         }
         None => None,
     };
-    let registry = match (&prepared.adapter, prepared.n_tasks) {
-        (Some((_, adapter)), Some(_)) => Some(Arc::new(Registry::new(
-            adapter.clone(),
-            Box::new(AdaptationFolders),
-            token,
-        ))),
-        _ => None,
-    };
+    let registry = Arc::new(Registry::new(
+        prepared.adapter.as_ref().map(|(_, adapter)| adapter.clone()),
+        Box::new(AdaptationFolders),
+        token,
+    ));
     let spec = args.model.device;
     catch_panics(&format!("serving on `{spec}`"), || {
         with_backend(
@@ -227,6 +251,7 @@ pub fn serve_until(
                 inputs,
                 registry,
                 tasks: args.tasks,
+                merge_hot_task: args.merge_hot_task,
                 policy,
                 addr: args.addr,
                 shutdown: Box::pin(shutdown),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
+use mhr_core::AdapterHost;
 use mhr_core::Method;
 use mhr_core::TaskMap;
 use mhr_core::peft::TASKS_FILE;
@@ -17,8 +18,7 @@ use mhr_train::sni::{encode_tasks, load_tasks};
 
 use crate::commands::common::{catch_panics, model_files};
 use crate::commands::run_dir::{
-    ADAPTER_DIR, TRAIN_CONFIG, TrainSettings, absolute, check_model_dir, peft_adapter, read_toml,
-    train_in_run, write_toml,
+    ADAPTER_DIR, TRAIN_CONFIG, TrainSettings, absolute, check_model_dir, read_toml, train_in_run, write_toml,
 };
 use crate::device::{BackendTask, DeviceSpec, Devices, ensure_compiled, ensure_precision, with_backend};
 
@@ -213,7 +213,7 @@ impl BackendTask for TrainTask {
             self.stop_after,
             "train",
             &devices,
-        )? && let Some(adapter) = peft_adapter(&model, &self.tasks, &self.settings.model)?
+        )? && let Some(adapter) = model.peft_adapter(&self.tasks, self.settings.model.to_str())?
         {
             adapter.save(self.out.join(ADAPTER_DIR))?;
         }

@@ -2,7 +2,6 @@
 //! (`--batch`) on the MHR fixture, whose three routing rows are served as tasks "0", "1", "2".
 
 use std::path::Path;
-use std::process::Command;
 
 use mhr_data::{HfTokenizer, TextTokenizer};
 use serde_json::{Value, json};
@@ -437,14 +436,7 @@ fn server_batches_tasks_together_and_answers_as_offline() {
             )
         });
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let pid = server.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        server.terminate();
         let (status, body, _) = in_flight.join().unwrap();
         assert_eq!(status, 200, "{body}");
     });

@@ -1002,7 +1002,7 @@ fn served_tokens(server: &Server, task: &str, texts: &[&str]) -> Vec<serde_json:
 }
 
 #[test]
-fn serve_registers_a_z_adaptation_as_its_routing_row() {
+fn serve_registers_a_z_adaptation_as_its_routing_row_and_a_full_one_as_its_own_adapter() {
     let setup = Setup::new();
     assert_success(&setup.train("mhr", "pre", &[]));
     let z = ["--method", "mhr-z", "--steps", "2", "--routing-lr", "1.0"];
@@ -1012,11 +1012,18 @@ fn serve_registers_a_z_adaptation_as_its_routing_row() {
         "Definition: Decide whether the second sentence follows from the first. Input: it rains. Output:",
         "Input: the cat sleeps. Output:",
     ];
-    // The adaptation itself, offline, on its task: what the server must answer once the task is registered.
-    let expected: Vec<serde_json::Value> = generate_texts(&setup, "z", HELD_OUT, &texts)
-        .iter()
-        .map(|line| line["tokens"].clone())
-        .collect();
+    // The adaptations themselves, offline, on their task: what the server must answer once they are registered.
+    let offline = |run: &str| -> Vec<serde_json::Value> {
+        generate_texts(&setup, run, HELD_OUT, &texts)
+            .iter()
+            .map(|line| line["tokens"].clone())
+            .collect()
+    };
+    let (expected, expected_full) = (offline("z"), offline("full"));
+    assert_ne!(
+        expected, expected_full,
+        "the two adaptations should generate apart"
+    );
     let token = setup.path("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let model = fixture("t5-v1_1");
@@ -1048,7 +1055,7 @@ fn serve_registers_a_z_adaptation_as_its_routing_row() {
     assert_eq!(status, 201, "{answer}");
     assert_eq!(
         answer,
-        serde_json::json!({"task": "held-z", "task_id": 3, "replaced": false})
+        serde_json::json!({"task": "held-z", "task_id": 3, "replaced": false, "own_adapter": false})
     );
     assert_eq!(tasks(&server)["tasks"][3], "held-z");
     assert_eq!(served_tokens(&server, "held-z", &texts), expected);
@@ -1057,18 +1064,41 @@ fn serve_registers_a_z_adaptation_as_its_routing_row() {
     assert_eq!(status, 201, "{answer}");
     assert_eq!(
         answer,
-        serde_json::json!({"task": HELD_OUT, "task_id": 0, "replaced": true})
+        serde_json::json!({"task": HELD_OUT, "task_id": 0, "replaced": true, "own_adapter": false})
     );
     assert_eq!(served_tokens(&server, HELD_OUT, &texts), expected);
-    // An adaptation that trained the skills is a full adapter, not a routing row; a folder that is not there.
+    // An adaptation that trained the skills is a full adapter of its own, not a routing row: refused under the name
+    // of a routing row, served under its own name beside the routed tasks.
     let (status, answer, _) = register(serde_json::json!({"path": setup.path("full")}), Some("s3cret"));
     assert_eq!(
         (status, answer["error"]["field"].as_str()),
-        (422, Some("path")),
+        (422, Some("name")),
         "{answer}"
     );
-    assert!(
-        answer["error"]["message"].as_str().unwrap().contains("skills at"),
+    let full_body = serde_json::json!({"path": setup.path("full"), "name": "held-full"});
+    let (status, answer, _) = register(full_body.clone(), Some("s3cret"));
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        answer,
+        serde_json::json!({"task": "held-full", "task_id": 0, "replaced": false, "own_adapter": true})
+    );
+    assert_eq!(tasks(&server)["tasks"][4], "held-full");
+    assert_eq!(served_tokens(&server, "held-full", &texts), expected_full);
+    assert_eq!(served_tokens(&server, HELD_OUT, &texts), expected);
+    let (status, answer, _) = register(full_body, Some("s3cret"));
+    assert_eq!(
+        (status, &answer["replaced"]),
+        (201, &serde_json::json!(true)),
+        "{answer}"
+    );
+    // A routing-only adaptation cannot take the name of a task with its own adapter.
+    let (status, answer, _) = register(
+        serde_json::json!({"path": setup.path("z"), "name": "held-full"}),
+        Some("s3cret"),
+    );
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (422, Some("name")),
         "{answer}"
     );
     let (status, answer, _) = register(serde_json::json!({"path": setup.path("none")}), Some("s3cret"));
@@ -1081,6 +1111,27 @@ fn serve_registers_a_z_adaptation_as_its_routing_row() {
     // `--tasks` at start: the same row, without a token (registration over HTTP is then off).
     let server = serve(&["--tasks", s(&setup.path("z"))]);
     assert_eq!(served_tokens(&server, HELD_OUT, &texts), expected);
+    assert!(server.stop().success());
+    // With the base model alone, the full adaptation is the one task, under its run's name.
+    let tokenizer = fixture("tokenizer.json");
+    let server = Server::start(
+        &[
+            "serve",
+            "--model",
+            s(&model),
+            "--tokenizer",
+            s(&tokenizer),
+            "--max-wait-ms",
+            "0",
+            "--max-new-tokens",
+            "6",
+            "--tasks",
+            s(&setup.path("full")),
+        ]
+        .map(String::from),
+    );
+    assert_eq!(tasks(&server)["tasks"], serde_json::json!([HELD_OUT]));
+    assert_eq!(served_tokens(&server, HELD_OUT, &texts), expected_full);
     let (status, answer, _) = server.post_as("/v1/tasks", "{}", Some("s3cret"));
     assert_eq!(status, 403, "{answer}");
     assert!(server.stop().success());

@@ -271,8 +271,8 @@ impl Server {
             .unwrap()
     }
 
-    /// SIGTERM, then the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -281,6 +281,11 @@ impl Server {
                 .unwrap()
                 .success()
         );
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate();
         self.child.wait().unwrap()
     }
 }

@@ -84,6 +84,30 @@ impl<B: Backend> T5Block<B> {
         })
     }
 
+    /// The layer norms (and the relative position bias of a first block) under their HF names; `path` as in
+    /// [`Self::build`].
+    pub(crate) fn named_norms_and_biases(&self, path: &str) -> Vec<(String, TensorData)> {
+        let norm = |layer: String, norm: &T5LayerNorm<B>| {
+            (
+                format!("{layer}.layer_norm.weight"),
+                norm.weight.val().into_data(),
+            )
+        };
+        let mut tensors = vec![norm(format!("{path}.layer.0"), &self.self_attention.layer_norm)];
+        if let Some(bias) = &self.self_attention.attention.relative_attention_bias {
+            tensors.push((
+                format!("{path}.layer.0.SelfAttention.relative_attention_bias.weight"),
+                bias.weight.val().into_data(),
+            ));
+        }
+        if let Some(cross) = &self.cross_attention {
+            tensors.push(norm(format!("{path}.layer.1"), &cross.layer_norm));
+        }
+        let is_decoder = self.cross_attention.is_some();
+        tensors.push(norm(Self::ff_path(path, is_decoder), &self.ff.layer_norm));
+        tensors
+    }
+
     fn ff_path(path: &str, is_decoder: bool) -> String {
         format!("{path}.layer.{}", if is_decoder { 2 } else { 1 })
     }

@@ -12,7 +12,7 @@ use mhr_core::{
 use crate::config::{T5Config, check_dropout_rate};
 use crate::error::ModelError;
 use crate::generation::DecoderCache;
-use crate::loader::{CONFIG_FILE, Checkpoint, Init, RandomInit, WeightSource};
+use crate::loader::{CONFIG_FILE, Checkpoint, Init, RandomInit, WEIGHTS_FILE, WeightSource};
 use crate::precision::Precision;
 use crate::t5::attention::frozen;
 use crate::t5::stack::{MASKED, T5Stack};
@@ -66,8 +66,15 @@ impl<B: Backend> EncoderOutput<B> {
     pub fn repeat_interleave(&self, k: usize) -> Self {
         let b = self.batch_size();
         let rows: Vec<i64> = (0..b as i64).flat_map(|i| std::iter::repeat_n(i, k)).collect();
-        let rows =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [b * k]), &self.last_hidden_state.device());
+        self.select(Tensor::<B, 1, Int>::from_data(
+            TensorData::new(rows, [b * k]),
+            &self.last_hidden_state.device(),
+        ))
+    }
+
+    /// Keeps the rows `rows`, in that order (finished sequences leaving a decoding batch); pair with
+    /// [`RoutingContext::select`].
+    pub fn select(&self, rows: Tensor<B, 1, Int>) -> Self {
         Self {
             last_hidden_state: self.last_hidden_state.clone().select(0, rows.clone()),
             attention_mask: self.attention_mask.clone().select(0, rows.clone()),
@@ -122,6 +129,49 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         }
         checkpoint.finish(&copies)?;
         Ok(model)
+    }
+
+    /// Writes `config.json` and `model.safetensors` into `dir` as transformers' `save_pretrained` does: the base
+    /// weights under their HF names and layouts, in their dtype (tied embeddings once, as `shared.weight`).
+    /// [`Self::load`] reads them back, and so does transformers. Adapters are not part of it (a peft folder holds
+    /// them); a site with an adapter merged into its weight is refused, its weight not being the base one.
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
+        let dir = dir.as_ref();
+        let mut tensors = vec![("shared.weight".to_string(), self.shared.val().into_data())];
+        if let Some(head) = &self.lm_head {
+            tensors.push(("lm_head.weight".into(), head.val().transpose().into_data()));
+        }
+        let mut merged = None;
+        self.for_each_site(|path, site| {
+            merged = merged.take().or(site.merged().map(|_| path.to_string()));
+            tensors.push((
+                format!("{path}.weight"),
+                site.weight.val().transpose().into_data(),
+            ));
+        });
+        if let Some(path) = merged {
+            return Err(ModelError::InvalidInput {
+                name: "model",
+                reason: format!(
+                    "{path} has its adapter merged into the weight; unmerge it before saving the base"
+                ),
+            });
+        }
+        for (prefix, stack) in [("encoder", &self.encoder), ("decoder", &self.decoder)] {
+            tensors.extend(stack.named_norms_and_biases(prefix));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::Config {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let config = serde_json::to_vec_pretty(&self.config).map_err(|e| ModelError::Config {
+            path: dir.join(CONFIG_FILE),
+            reason: e.to_string(),
+        })?;
+        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        mhr_core::io::write_safetensors(dir.join(WEIGHTS_FILE), tensors, Some(metadata))?;
+        mhr_core::io::write_atomic(dir.join(CONFIG_FILE), &config)?;
+        Ok(())
     }
 
     /// A randomly initialised model with transformers' initialisation (for tests and in-process toy models).

@@ -24,6 +24,19 @@ pub struct T5Stack<B: Backend> {
 }
 
 impl<B: Backend> T5Stack<B> {
+    /// The layer norms and the relative position bias under their HF names (`prefix` as in [`Self::build`]); the
+    /// linear layers are the adapter sites'.
+    pub(crate) fn named_norms_and_biases(&self, prefix: &str) -> Vec<(String, TensorData)> {
+        let mut tensors: Vec<(String, TensorData)> = (self.block.iter().enumerate())
+            .flat_map(|(i, block)| block.named_norms_and_biases(&format!("{prefix}.block.{i}")))
+            .collect();
+        tensors.push((
+            format!("{prefix}.final_layer_norm.weight"),
+            self.final_layer_norm.weight.val().into_data(),
+        ));
+        tensors
+    }
+
     /// `prefix` is `encoder` or `decoder`.
     pub(crate) fn build<S: WeightSource<B>>(
         src: &mut S,

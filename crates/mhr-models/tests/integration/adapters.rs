@@ -207,5 +207,15 @@ fn routed_generation_with_and_without_cache_agree() {
             )
         };
         assert_eq!(run(true), run(false), "{config:?}");
+        // Rows of other tasks finish and leave the batch; each row decodes as it does alone.
+        let (ids, mask) = (reference.ints("input_ids"), reference.ints("attention_mask"));
+        let task_ids: Tensor<Cpu, 1, Int> = reference.ints("task_ids");
+        let batch = run(true);
+        for (i, row) in batch.iter().enumerate() {
+            let one = |t: &Tensor<Cpu, 2, Int>| t.clone().slice([i..i + 1, 0..t.dims()[1]]);
+            let ctx = RoutingContext::new(task_ids.clone().slice(i..i + 1), RoutingMode::Deterministic);
+            let alone = rows(model.generate(one(&ids), one(&mask), &ctx, &config).unwrap()).remove(0);
+            assert_eq!(row[..alone.len()], alone, "row {i}, {config:?}");
+        }
     }
 }

@@ -280,5 +280,20 @@ fn eos_ends_rows_and_pads_them() {
                 }
             }
         }
+        // Finished rows leave the batch; the others decode on as each would alone.
+        for config in [GenerationConfig::greedy(8), GenerationConfig::beam(8, 3)] {
+            let batch = rows(model.generate(ids.clone(), mask.clone(), &ctx, &config).unwrap());
+            for (i, row) in batch.iter().enumerate() {
+                let one = |t: &Tensor<Cpu, 2, Int>| t.clone().slice([i..i + 1, 0..t.dims()[1]]);
+                let alone = rows(model.generate(one(&ids), one(&mask), &ctx, &config).unwrap()).remove(0);
+                assert_eq!(
+                    row[..alone.len()],
+                    alone,
+                    "{name} row {i}, {} beams",
+                    config.num_beams
+                );
+                assert!(row[alone.len()..].iter().all(|&t| t == pad), "{name}: {row:?}");
+            }
+        }
     }
 }

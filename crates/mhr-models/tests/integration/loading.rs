@@ -14,11 +14,7 @@ use serde_json::{Value, json};
 type Tensors = Vec<(String, TensorData)>;
 
 fn fixture_tensors(name: &str) -> Tensors {
-    let file = SafetensorsFile::open(fixture(name).join("model.safetensors")).unwrap();
-    file.names()
-        .into_iter()
-        .map(|k| (k.clone(), file.f32(&k).unwrap()))
-        .collect()
+    fixture_tensors_in(&fixture(name))
 }
 
 fn fixture_config(name: &str) -> Value {
@@ -48,6 +44,50 @@ fn logits(model: &T5ForConditionalGeneration<Cpu>, reference: &Reference) -> Ten
         )
         .unwrap();
     out.logits.into_data()
+}
+
+/// `save_pretrained` writes the fixture's tensors back (same names, shapes and values) and a config that reads
+/// as the fixture's; the saved folder loads to the same logits. An adapter stays out of it; a merged one is refused.
+#[test]
+fn save_pretrained_writes_the_checkpoint_back() {
+    for name in ["t5-v1_1", "t5-v1_0"] {
+        let reference = Reference::open(name);
+        let model = load(&fixture(name)).unwrap();
+        let lora = AdapterConfig::Lora(LoraConfig::new(2, 4.0));
+        let model = model
+            .with_adapters(&TargetModules::Regex(r".*SelfAttention\.(q|v)".into()), &lora)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        model.save_pretrained(dir.path()).unwrap();
+        let mut saved = fixture_tensors_in(dir.path());
+        let mut original = fixture_tensors(name);
+        saved.sort_by(|a, b| a.0.cmp(&b.0));
+        original.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(saved, original, "{name}");
+        let config = |dir: &Path| mhr_models::T5Config::load(dir.join("config.json")).unwrap();
+        assert_eq!(config(dir.path()), config(&fixture(name)), "{name}");
+        let reloaded = load(dir.path()).unwrap();
+        assert_eq!(
+            logits(&reloaded, &reference),
+            logits(&load(&fixture(name)).unwrap(), &reference)
+        );
+        let merged = model
+            .map_sites(|_, site| match site.adapter {
+                Some(_) => site.merge(None),
+                None => Ok(site),
+            })
+            .unwrap();
+        let e = merged.save_pretrained(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("merged"), "{e}");
+    }
+}
+
+fn fixture_tensors_in(dir: &Path) -> Tensors {
+    let file = SafetensorsFile::open(dir.join("model.safetensors")).unwrap();
+    file.names()
+        .into_iter()
+        .map(|k| (k.clone(), file.f32(&k).unwrap()))
+        .collect()
 }
 
 #[test]
