@@ -1,8 +1,8 @@
 //! `cargo xtask loadtest`: a real HTTP client against `mhr serve` started in this process on 127.0.0.1, bounded in
 //! requests and time. The same requests (inputs cycled from `--inputs` or built-in prompts) run four ways:
 //! one client sending one request at a time (mixed tasks), N concurrent clients over M tasks, N concurrent
-//! clients on one task, and the same on a server started with `--merge-hot-task`. Reports throughput and p50/p99 latency of each, and the ratios the serving targets are
-//! about (docs/serving.md). Every distinct request's answer is checked against `mhr generate --inputs` run offline on
+//! clients on one task, and the same on a server started with `--merge-hot-task`. Reports throughput and p50/p99
+//! latency of each, and the ratios the serving targets are about (docs/serving.md). Every distinct request's answer is checked against `mhr generate --inputs` run offline on
 //! the same model. With `--peer-python`, the same requests also run through transformers + peft
 //! (`scripts/peer_serve.py`), batched by the same `--max-batch`.
 
@@ -405,9 +405,13 @@ fn measure(args: &LoadtestArgs, addr: SocketAddr, adapter: &Path) -> Result<Meas
         load(&url, &requests, args, args.clients, "mixed tasks", args.requests)?,
         load(&url, &single, args, args.clients, "one task", args.requests)?,
     ];
+    let agent = ureq::agent();
     let answers = requests
         .iter()
-        .map(|request| Ok((request.clone(), generate(&url, request, args.max_new_tokens)?)))
+        .map(|request| {
+            let tokens = generate(&agent, &url, request, args.max_new_tokens)?;
+            Ok((request.clone(), tokens))
+        })
         .collect::<Result<Vec<_>>>()?;
     let registered = register_tasks(args, &url, adapter, &names[0])?;
     Ok(Measurements {
@@ -418,13 +422,14 @@ fn measure(args: &LoadtestArgs, addr: SocketAddr, adapter: &Path) -> Result<Meas
     })
 }
 
-/// `request`'s generated tokens.
-fn generate(url: &str, (task, input): &Request, max_new_tokens: usize) -> Result<Value> {
+/// `request`'s generated tokens, sent by `agent`.
+fn generate(agent: &ureq::Agent, url: &str, (task, input): &Request, max_new_tokens: usize) -> Result<Value> {
     let mut body = json!({"input": input, "max_new_tokens": max_new_tokens});
     if let Some(task) = task {
         body["task"] = json!(task);
     }
-    let answer: Value = ureq::post(&format!("{url}/v1/generate"))
+    let answer: Value = agent
+        .post(&format!("{url}/v1/generate"))
         .send_json(body)?
         .into_json()?;
     Ok(answer["outputs"][0]["tokens"].clone())
@@ -540,18 +545,11 @@ fn load(
                         if i >= total || Instant::now() >= deadline {
                             return Ok(answered);
                         }
-                        let (task, input) = &requests[i % requests.len()];
-                        let mut body = json!({"input": input, "max_new_tokens": args.max_new_tokens});
-                        if let Some(task) = task {
-                            body["task"] = json!(task);
-                        }
                         let sent = Instant::now();
-                        let answer: Value = agent
-                            .post(&format!("{url}/v1/generate"))
-                            .send_json(body)
-                            .with_context(|| format!("request {i}"))?
-                            .into_json()?;
-                        let tokens = answer["outputs"][0]["tokens"].as_array().map_or(0, Vec::len);
+                        let tokens =
+                            generate(&agent, url, &requests[i % requests.len()], args.max_new_tokens)
+                                .with_context(|| format!("request {i}"))?;
+                        let tokens = tokens.as_array().map_or(0, Vec::len);
                         answered.push((sent.elapsed().as_secs_f64() * 1e3, tokens));
                     }
                 })

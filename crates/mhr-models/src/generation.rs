@@ -169,8 +169,8 @@ impl<B: Backend> Decoding<'_, B> {
         to_dtype(logits.slice([0..n, t - 1..t, 0..v]).reshape([n, v]), DType::F32)
     }
 
-    /// Row `i` of the next step continues row `cached[i]` of this one's cache (beam search's reordering);
-    /// `leaving`: the batch keeps only the input rows `rows` (in that order), finished sequences leave it.
+    /// Row `i` of the next step continues row `cached[i]` of this one's cache (beam search's reordering); with
+    /// `rows`, the batch keeps only those rows of its encoder output and routing (finished sequences leave it).
     fn select(&mut self, cached: &[usize], rows: Option<&[usize]>) {
         let device = self.encoder.last_hidden_state().device();
         let indices = |rows: &[usize]| {
@@ -271,7 +271,7 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         }
     }
 
-    /// Picks the most likely token at each step; a row that produced eos leaves the batch (and is padded with pad).
+    /// Picks the most likely token at each step; a row that produced eos leaves the batch and is padded with pad.
     pub fn greedy_search(
         &self,
         encoder: &EncoderOutput<B>,
@@ -314,8 +314,8 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
     /// best continuations of a row; those among the first `num_beams` that end in eos (or reach the length
     /// limit) compete for the row's `num_beams` finished slots with score `sum log p / len^length_penalty`,
     /// and the best unfinished `num_beams` continue. A row is done when its slots are full; the best finished
-    /// hypothesis is returned, padded with pad. A done row leaves the batch. (transformers 4.57 pads with eos instead when `pad_token_id`
-    /// is 0, a bug fixed upstream; the tokens before the padding are the same.)
+    /// hypothesis is returned, padded with pad; a done row leaves the batch. (transformers 4.57 pads with eos
+    /// instead when `pad_token_id` is 0, a bug fixed upstream; the tokens before the padding are the same.)
     pub fn beam_search(
         &self,
         encoder: &EncoderOutput<B>,

@@ -3,7 +3,8 @@
 //! Every refusal is a JSON error naming the field (`{"error": {"field", "message"}}`): 400 for malformed or
 //! out-of-range requests, 401 for a registration without the bearer token (403 when registration is off), 404 for
 //! an unknown task or path, 413 for an over-long input, 422 for a registration the model cannot take (an adapter
-//! that does not fit it, a name served otherwise), 503 with `Retry-After` when the queue is full, 500 when the model failed on the batch.
+//! that does not fit it, a name served otherwise), 503 with `Retry-After` when the queue is full, 500 when the
+//! model failed on the batch.
 
 use std::future::Future;
 use std::sync::Arc;
